@@ -1,0 +1,140 @@
+"""The exported student's contract: what ``metadata.json`` inside the TorchScript file holds.
+
+Training writes it (``training.export``), serving reads it (``handler.msde_handler``); labels,
+input size, normalisation, crop geometry and calibration are defined here once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+EXPRESSION_LABELS: tuple[str, ...] = (
+    "surprise",
+    "fear",
+    "disgust",
+    "happiness",
+    "sadness",
+    "anger",
+    "neutral",
+)
+MASK_LABELS: tuple[str, ...] = ("unmasked", "masked")
+METADATA_FILE = "metadata.json"
+
+
+class CropSpec(BaseModel):
+    """How a detected face becomes the model's input square (see ``handler.align``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scale: float = Field(1.25, gt=0.5, le=3.0, description="crop side / detected box side")
+    shift_y: float = Field(
+        0.0, ge=-0.5, le=0.5, description="crop centre offset from box centre, in box heights"
+    )
+    rotate: bool = Field(True, description="level the eyes (undo in-plane roll)")
+
+
+class Calibration(BaseModel):
+    """Per-mask-state temperatures and abstention thresholds (1.0 / 0.0 = identity)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: dict[str, float] = Field(
+        default_factory=lambda: {"unmasked": 1.0, "masked": 1.0}
+    )
+    abstain_threshold: dict[str, float] = Field(
+        default_factory=lambda: {"unmasked": 0.0, "masked": 0.0}
+    )
+
+    @field_validator("temperature", "abstain_threshold")
+    @classmethod
+    def _states(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) != set(MASK_LABELS):
+            raise ValueError(f"needs exactly the keys {list(MASK_LABELS)}, got {sorted(v)}")
+        return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(t <= 0 for t in v.values()):
+            raise ValueError("temperatures must be > 0")
+        return v
+
+    @field_validator("abstain_threshold")
+    @classmethod
+    def _probability(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(not 0.0 <= t <= 1.0 for t in v.values()):
+            raise ValueError("thresholds are probabilities in [0, 1]")
+        return v
+
+
+class ModelMetadata(BaseModel):
+    """Embedded in the TorchScript student as the extra file ``metadata.json``.
+
+    The scripted module's ``forward(x: Tensor[N, C, H, W]) -> tuple[Tensor, Tensor]`` returns
+    ``(expression_logits[N, 7], mask_logits[N, 2])`` in the orders of ``labels`` and
+    ``mask_labels``; ``x`` is already normalised with ``mean`` / ``std`` on [0, 1] pixels.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = "msde"
+    version: str
+    architecture: str
+    labels: list[str] = Field(default_factory=lambda: list(EXPRESSION_LABELS))
+    mask_labels: list[str] = Field(default_factory=lambda: list(MASK_LABELS))
+    input_size: tuple[int, int, int] = Field(description="[channels, height, width]")
+    mean: list[float]
+    std: list[float]
+    trained_on: str
+    output: Literal["tuple(expression_logits, mask_logits)"] = "tuple(expression_logits, mask_logits)"
+    crop: CropSpec = Field(default_factory=CropSpec)
+    calibration: Calibration = Field(default_factory=Calibration)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        if tuple(v) != EXPRESSION_LABELS:
+            raise ValueError(f"labels must be {list(EXPRESSION_LABELS)} in this order, got {v}")
+        return v
+
+    @field_validator("mask_labels")
+    @classmethod
+    def _mask_labels(cls, v: list[str]) -> list[str]:
+        if tuple(v) != MASK_LABELS:
+            raise ValueError(f"mask_labels must be {list(MASK_LABELS)}, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _channels(self) -> ModelMetadata:
+        c, h, w = self.input_size
+        if c not in (1, 3):
+            raise ValueError(f"input_size channels must be 1 or 3, got {c}")
+        if h < 16 or w < 16:
+            raise ValueError(f"input_size {self.input_size} is too small")
+        if len(self.mean) != c or len(self.std) != c:
+            raise ValueError(f"mean/std need {c} values, got {self.mean} / {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ModelMetadata:
+        return cls.model_validate(json.loads(text))
+
+
+def read_metadata(pt_path: str | Path) -> ModelMetadata:
+    """Read ``metadata.json`` out of a TorchScript file without loading the weights' code."""
+    import torch
+
+    extra = {METADATA_FILE: ""}
+    torch.jit.load(str(pt_path), map_location="cpu", _extra_files=extra)
+    if not extra[METADATA_FILE]:
+        raise ValueError(f"{pt_path} has no embedded {METADATA_FILE}")
+    return ModelMetadata.from_json(extra[METADATA_FILE])

