@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from handler.faces import Detection
-from handler.model_card import CropSpec
+from handler.model_card import CropSpec, InputSpec
 
 # ITU-R BT.601 luma, the weights of PIL "L" and OpenCV RGB2GRAY.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -115,19 +115,18 @@ def to_model_input(
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def face_input(
-    image: np.ndarray,
-    detection: Detection,
-    *,
-    input_size: Sequence[int],
-    mean: Sequence[float],
-    std: Sequence[float],
-    crop: CropSpec,
-) -> np.ndarray:
-    """Image + detection -> the student's input (C, H, W) float32. Shared by train and serve."""
-    c, h, w = (int(v) for v in input_size)
+def face_input(image: np.ndarray, detection: Detection, spec: InputSpec) -> np.ndarray:
+    """Image + detection -> the network's input (C, H, W) float32. Shared by train and serve.
+
+    A detection without keypoints that spans the whole image (``whole_image_detection``) is
+    a ready-made face crop: it is resized as it is, not re-cropped.
+    """
+    c, h, w = spec.input_size
+    crop = spec.crop
+    if detection.keypoints is None and detection == whole_image_detection(image):
+        crop = WHOLE_IMAGE_CROP
     face = align_face(image, detection, (h, w), crop)
-    return to_model_input(face, c, mean, std)
+    return to_model_input(face, c, spec.mean, spec.std)
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

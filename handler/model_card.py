@@ -42,6 +42,9 @@ class Calibration(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    fitted_on: str | None = Field(
+        None, description="what the values were fitted on; None = identity, not fitted"
+    )
     temperature: dict[str, float] = Field(
         default_factory=lambda: {"unmasked": 1.0, "masked": 1.0}
     )
@@ -69,6 +72,30 @@ class Calibration(BaseModel):
         if any(not 0.0 <= t <= 1.0 for t in v.values()):
             raise ValueError("thresholds are probabilities in [0, 1]")
         return v
+
+
+class InputSpec(BaseModel):
+    """What a network expects: the part of the contract that preprocessing needs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_size: tuple[int, int, int] = Field(description="[channels, height, width]")
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop: CropSpec = Field(default_factory=CropSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputSpec:
+        c, h, w = self.input_size
+        if c not in (1, 3):
+            raise ValueError(f"input_size channels must be 1 or 3, got {c}")
+        if h < 16 or w < 16:
+            raise ValueError(f"input_size {self.input_size} is too small")
+        if len(self.mean) != c or len(self.std) != c:
+            raise ValueError(f"mean/std need {c} values, got {self.mean} / {self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        return self
 
 
 class ModelMetadata(BaseModel):
@@ -110,16 +137,13 @@ class ModelMetadata(BaseModel):
 
     @model_validator(mode="after")
     def _channels(self) -> ModelMetadata:
-        c, h, w = self.input_size
-        if c not in (1, 3):
-            raise ValueError(f"input_size channels must be 1 or 3, got {c}")
-        if h < 16 or w < 16:
-            raise ValueError(f"input_size {self.input_size} is too small")
-        if len(self.mean) != c or len(self.std) != c:
-            raise ValueError(f"mean/std need {c} values, got {self.mean} / {self.std}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError("std values must be > 0")
+        self.input_spec()  # same checks as a bare InputSpec
         return self
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec(
+            input_size=self.input_size, mean=tuple(self.mean), std=tuple(self.std), crop=self.crop
+        )
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

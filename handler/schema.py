@@ -1,0 +1,92 @@
+"""The response contract (clients depend on these names) and its published JSON Schema.
+
+``python -m handler.schema`` prints the schema; docs/response.schema.json is its committed
+copy (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MaskResult(_Strict):
+    label: str = Field(description="'unmasked' or 'masked'")
+    probability: Probability
+    state_reliable: bool = Field(
+        description="the mask head is confident enough that the state-specific calibration "
+        "applies as is (otherwise the two states' calibrations are mixed)"
+    )
+
+
+class ExpressionResult(_Strict):
+    label: str = Field(
+        description="one of the seven expressions, or 'uncertain' when the calibrated "
+        "probability is below the abstention threshold for this mask state"
+    )
+    probability: Probability = Field(description="probability of the most likely expression")
+    probabilities: dict[str, Probability]
+    calibrated: bool = Field(description="probabilities went through per-mask-state calibration")
+
+
+class FaceResult(_Strict):
+    box: tuple[float, float, float, float] = Field(
+        description="[x1, y1, x2, y2] in pixels of the original (EXIF-rotated) image"
+    )
+    score: Probability = Field(description="face detector confidence (1.0 when detect=false)")
+    mask: MaskResult
+    expression: ExpressionResult
+
+
+class ImageInfo(_Strict):
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+
+
+class ModelInfo(_Strict):
+    name: str
+    version: str
+
+
+class PredictionResponse(_Strict):
+    faces: list[FaceResult]
+    image: ImageInfo
+    model: ModelInfo
+
+
+class ErrorDetail(_Strict):
+    code: str
+    message: str
+
+
+class ErrorResponse(_Strict):
+    error: ErrorDetail
+
+
+class KServeV1Response(_Strict):
+    """Answer to a KServe v1 body ``{"instances": [...]}``: one prediction per instance."""
+
+    predictions: list[PredictionResponse]
+
+
+class AnyResponse(RootModel[PredictionResponse | KServeV1Response | ErrorResponse]):
+    pass
+
+
+def json_schema() -> dict[str, object]:
+    schema = AnyResponse.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "msde POST /predictions/msde response"
+    return schema
+
+
+if __name__ == "__main__":
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
