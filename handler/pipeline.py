@@ -159,10 +159,10 @@ class Pipeline:
             assert isinstance(req, ParsedRequest)
             predictions = [self._respond(img, expr, mask) for img in per_request[r]]
             if req.envelope == "kserve_v1":
-                body = KServeV1Response(predictions=predictions).model_dump()
+                body = KServeV1Response(predictions=predictions).model_dump(mode="json")
             else:
-                body = predictions[0].model_dump()
-            faces = [f.model_dump() for p in predictions for f in p.faces]
+                body = predictions[0].model_dump(mode="json")
+            faces = [f.model_dump(mode="json") for p in predictions for f in p.faces]
             outcomes.append(RequestOutcome(200, body, faces=faces))
         return outcomes
 

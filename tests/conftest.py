@@ -1,0 +1,69 @@
+"""Shared fixtures: public-domain real photos, image encoders, a tiny TorchScript student."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from handler.model_card import ModelMetadata
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    """skimage's astronaut (Eileen Collins, NASA, public domain): one smiling face."""
+    from skimage import data
+
+    return np.ascontiguousarray(data.astronaut())
+
+
+@pytest.fixture(scope="session")
+def grace_hopper() -> np.ndarray:
+    """matplotlib's grace_hopper.jpg (US Navy photo, public domain): one face."""
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("grace_hopper.jpg") as f:
+        return np.asarray(Image.open(f).convert("RGB"))
+
+
+class TinyStudent(torch.nn.Module):
+    """Smallest network with the student contract, for plumbing tests only."""
+
+    def __init__(self, channels: int = 1) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(channels, 8, 3, stride=2, padding=1)
+        self.expression = torch.nn.Linear(8, 7)
+        self.mask = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        return self.expression(f), self.mask(f)
+
+
+def tiny_metadata(**overrides: object) -> ModelMetadata:
+    fields: dict[str, object] = dict(
+        version="0.0.1-test",
+        architecture="tiny-test",
+        input_size=(1, 32, 32),
+        mean=[0.5],
+        std=[0.5],
+        trained_on="nothing: random weights for plumbing tests",
+    )
+    fields.update(overrides)
+    return ModelMetadata(**fields)  # type: ignore[arg-type]
+
+
+def save_tiny_student(path: Path, metadata: ModelMetadata | None = None) -> Path:
+    torch.manual_seed(0)
+    meta = metadata or tiny_metadata()
+    model = torch.jit.script(TinyStudent(meta.input_size[0]).eval())
+    torch.jit.save(model, str(path), _extra_files={"metadata.json": meta.to_json()})
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_student_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_student(tmp_path_factory.mktemp("student") / "tiny.pt")

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import torch
+
+from handler.faces import Detection
+from handler.model_card import Calibration, read_metadata
+from handler.pipeline import Pipeline, ServingConfig
+from handler.schema import json_schema
+from tests.imaging import encode
+
+SCHEMA = json_schema()
+
+
+class FixedDetector:
+    """Finds one face in the middle of any image larger than 64 px, none in smaller ones."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        self.calls += 1
+        h, w = image.shape[:2]
+        if min(h, w) < 64:
+            return []
+        box = (w * 0.25, h * 0.25, w * 0.75, h * 0.75)
+        return [Detection(box=box, score=0.9, keypoints=None)]
+
+
+class CountingModel(torch.nn.Module):
+    def __init__(self, inner: torch.jit.ScriptModule) -> None:
+        super().__init__()
+        self.inner = inner
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.batches.append(x.shape[0])
+        return self.inner(x)
+
+
+@pytest.fixture()
+def pipeline(tiny_student_pt: Path) -> Pipeline:
+    model = CountingModel(torch.jit.load(str(tiny_student_pt)))
+    return Pipeline(model, read_metadata(tiny_student_pt), FixedDetector(), ServingConfig())
+
+
+def _image(h: int = 120, w: int = 160, seed: int = 0) -> bytes:
+    return encode(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def test_one_forward_for_all_faces_of_all_requests(pipeline: Pipeline) -> None:
+    outcomes = pipeline.run([{"body": _image(seed=i)} for i in range(4)])
+    assert [o.status for o in outcomes] == [200] * 4
+    assert pipeline.model.batches == [4]
+
+
+def test_bad_request_fails_alone(pipeline: Pipeline) -> None:
+    outcomes = pipeline.run([{"body": _image()}, {"body": b"garbage bytes"}, {"body": _image()}])
+    assert [o.status for o in outcomes] == [200, 400, 200]
+    assert outcomes[1].body["error"]["code"] in {"undecodable_image", "unsupported_type"}
+    for o in outcomes:
+        jsonschema.validate(json.loads(json.dumps(o.body)), SCHEMA)
+
+
+def test_response_contract(pipeline: Pipeline) -> None:
+    (outcome,) = pipeline.run([{"body": _image(100, 200)}])
+    body = outcome.body
+    assert body["image"] == {"width": 200, "height": 100}
+    assert body["model"] == {"name": "msde", "version": "0.0.1-test"}
+    (face,) = body["faces"]
+    assert face["box"] == [50.0, 25.0, 150.0, 75.0]
+    assert face["mask"]["label"] in {"unmasked", "masked"}
+    probs = face["expression"]["probabilities"]
+    assert list(probs) == ["surprise", "fear", "disgust", "happiness", "sadness", "anger",
+                           "neutral"]
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+    assert face["expression"]["label"] == max(probs, key=probs.get)
+    jsonschema.validate(body, SCHEMA)
+
+
+def test_no_face_is_200_with_empty_list(pipeline: Pipeline) -> None:
+    (outcome,) = pipeline.run([{"body": _image(40, 40)}])
+    assert outcome.status == 200 and outcome.body["faces"] == []
+
+
+def test_detect_false_uses_the_whole_image(pipeline: Pipeline) -> None:
+    payload = {"image": base64.b64encode(_image(40, 40)).decode(), "detect": False}
+    (outcome,) = pipeline.run([{"body": payload}])
+    (face,) = outcome.body["faces"]
+    assert face["box"] == [0.0, 0.0, 40.0, 40.0] and face["score"] == 1.0
+    assert pipeline.detector.calls == 0
+
+
+def test_kserve_v1_answers_one_prediction_per_instance(pipeline: Pipeline) -> None:
+    body = {"instances": [{"data": base64.b64encode(_image(seed=i)).decode()} for i in range(3)]}
+    (outcome,) = pipeline.run([{"body": body}])
+    assert outcome.status == 200 and len(outcome.body["predictions"]) == 3
+    jsonschema.validate(outcome.body, SCHEMA)
+
+
+def test_abstention_labels_uncertain(tiny_student_pt: Path) -> None:
+    meta = read_metadata(tiny_student_pt)
+    strict = meta.model_copy(
+        update={"calibration": Calibration(
+            fitted_on="test", temperature={"unmasked": 1.0, "masked": 1.0},
+            abstain_threshold={"unmasked": 1.0, "masked": 1.0})}
+    )
+    pipe = Pipeline(torch.jit.load(str(tiny_student_pt)), strict, FixedDetector())
+    (outcome,) = pipe.run([{"body": _image()}])
+    face = outcome.body["faces"][0]
+    assert face["expression"]["label"] == "uncertain"
+    assert face["expression"]["calibrated"] is True
+    assert len(face["expression"]["probabilities"]) == 7
+
+
+def test_published_schema_is_current() -> None:
+    committed = json.loads(Path("docs/response.schema.json").read_text())
+    assert committed == json.loads(json.dumps(SCHEMA)), "run: python -m handler.schema"
