@@ -1,0 +1,386 @@
+"""The default served model, built offline by one command (``make model``).
+
+Recipe (the training package's ``distill`` idea, specialised to unlabelled real faces):
+1. the face pool: real faces shipped inside registry packages (``training.face_pool``),
+   detected and aligned by the serving code; a reserved evaluation group is never trained,
+   tuned or selected on;
+2. teacher: the fer mini-XCEPTION (FER2013), ported to PyTorch, labels the UNMASKED face
+   with soft targets (temperature T);
+3. student: the same architecture plus a mask-state head, initialised from the teacher's
+   weights (few faces: start from weights that already generalise), sees the synthetically
+   masked face (``training.masks``) and the unmasked one, and learns the teacher's
+   distribution (Hinton KL) and the mask state (CE);
+4. the checkpoint with the best masked agreement on a validation split of training
+   identities is kept; per-mask-state temperatures and abstention thresholds are fitted on
+   that split; the student is exported to TorchScript and archived with the handler.
+
+The reserved group gives the model card's figures (``model_store/build/model_card.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from handler.align import face_input
+from handler.faces import Detection
+from handler.model_card import EXPRESSION_LABELS, MASK_LABELS, InputSpec
+from handler.postprocess import calibrated_probs, softmax
+from training.assets import REPO_ROOT
+
+LOG = logging.getLogger(__name__)
+VERSION = "1.0.0"
+CONTEXT_FACE_SIDE = 96  # face box side (px) of the cached context crops
+
+
+class Recipe(BaseModel):
+    """Every knob of the build; the resolved recipe is saved with the model card."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    steps: int = Field(1200, ge=1)
+    batch_size: int = Field(48, ge=2)
+    lr: float = Field(3e-4, gt=0)
+    head_lr: float = Field(2e-3, gt=0)
+    temperature: float = Field(4.0, gt=0)
+    masked_renders: int = Field(6, ge=1, description="cached synthetic masks per face")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    eval_every: int = Field(200, ge=1)
+    target_precision: float = Field(0.6, gt=0, le=1)
+    max_per_identity: int = Field(20, ge=1)
+    sources: list[str] | None = Field(None, description="face-pool sources (None = all)")
+    threads: int = Field(2, ge=1)
+    version: str = VERSION
+
+
+@dataclass
+class Face:
+    """A face cut out of its photo with context, so masks and jitter stay cheap."""
+
+    image: np.ndarray  # RGB uint8 context crop
+    detection: Detection  # in the crop's pixels
+    identity: str
+    source: str
+    masked: list[np.ndarray]  # cached synthetic-mask renders of ``image``
+
+
+def context_crop(image: np.ndarray, det: Detection) -> tuple[np.ndarray, Detection]:
+    """Cut 2.4x the face box around the face, rescaled so the box side is ~96 px."""
+    import cv2
+
+    x1, y1, x2, y2 = det.box
+    side = max(x2 - x1, y2 - y1)
+    scale = CONTEXT_FACE_SIDE / side
+    half = 1.2 * side
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    out = int(round(2 * half * scale))
+    m = np.array([[scale, 0, out / 2 - cx * scale], [0, scale, out / 2 - cy * scale]])
+    crop = cv2.warpAffine(image, m, (out, out), flags=cv2.INTER_AREA,
+                          borderMode=cv2.BORDER_REPLICATE)
+    kp = None if det.keypoints is None else (det.keypoints * scale + m[:, 2]).astype(np.float32)
+    box = (x1 * scale + m[0, 2], y1 * scale + m[1, 2], x2 * scale + m[0, 2], y2 * scale + m[1, 2])
+    return crop, Detection(box=box, score=det.score, keypoints=kp)
+
+
+def jitter(det: Detection, rng: np.random.Generator) -> Detection:
+    """Small random shift, scale and roll of the crop (the detector's own wobble)."""
+    x1, y1, x2, y2 = det.box
+    w, h = x2 - x1, y2 - y1
+    s = math.exp(rng.uniform(-0.08, 0.08))
+    dx, dy = rng.uniform(-0.06, 0.06) * w, rng.uniform(-0.06, 0.06) * h
+    cx, cy = (x1 + x2) / 2 + dx, (y1 + y2) / 2 + dy
+    box = (cx - w * s / 2, cy - h * s / 2, cx + w * s / 2, cy + h * s / 2)
+    kp = det.keypoints
+    if kp is not None:
+        a = math.radians(rng.uniform(-10, 10))
+        rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+        centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
+        kp = ((kp - centre) @ rot.T + centre + [dx, dy]).astype(np.float32)
+    return Detection(box=box, score=det.score, keypoints=kp)
+
+
+def prepare_faces(pool: list[Any], recipe: Recipe, progress: bool) -> list[Face]:
+    from training.face_pool import load_rgb
+    from training.masks import render_mask
+
+    faces = []
+    for i, pf in enumerate(tqdm(pool, desc="faces", disable=not progress)):
+        crop, det = context_crop(load_rgb(pf), pf.detection)
+        renders = []
+        if det.keypoints is not None:
+            for r in range(recipe.masked_renders):
+                rng = np.random.default_rng([recipe.seed, i, r])
+                renders.append(render_mask(crop, det.keypoints, rng=rng).image)
+        faces.append(Face(crop, det, pf.identity, pf.source, renders))
+    return [f for f in faces if f.masked]
+
+
+def split_identities(faces: list[Face], fraction: float, seed: int) -> tuple[list[Face], list[Face]]:
+    identities = sorted({f.identity for f in faces})
+    rng = np.random.default_rng(seed)
+    rng.shuffle(identities)
+    n_val = max(1, int(round(len(identities) * fraction)))
+    val_ids = set(identities[:n_val])
+    return ([f for f in faces if f.identity not in val_ids],
+            [f for f in faces if f.identity in val_ids])
+
+
+def batch_views(faces: list[Face], spec: InputSpec, rng: np.random.Generator,
+                augment: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unmasked, masked) input tensors for a list of faces, same geometry for both."""
+    unmasked, masked = [], []
+    for k, f in enumerate(faces):
+        det = jitter(f.detection, rng) if augment else f.detection
+        render = f.masked[int(rng.integers(len(f.masked))) if augment else k % len(f.masked)]
+        u, m = face_input(f.image, det, spec), face_input(render, det, spec)
+        if augment and rng.random() < 0.5:
+            u, m = u[..., ::-1], m[..., ::-1]
+        unmasked.append(u)
+        masked.append(m)
+    return (torch.from_numpy(np.ascontiguousarray(np.stack(unmasked))),
+            torch.from_numpy(np.ascontiguousarray(np.stack(masked))))
+
+
+@dataclass
+class Outputs:
+    """Teacher and student outputs on fixed (unaugmented) views of a set of faces."""
+
+    teacher_unmasked: np.ndarray  # teacher logits, msde order
+    student: dict[str, np.ndarray]  # state -> expression logits
+    mask: dict[str, np.ndarray]  # state -> mask logits
+
+
+@torch.inference_mode()
+def predict(student: torch.nn.Module, teacher: torch.nn.Module, faces: list[Face],
+            spec: InputSpec, batch: int = 128) -> Outputs:
+    student.eval()
+    rng = np.random.default_rng(0)
+    t_all, s = [], {"unmasked": [], "masked": []}
+    m: dict[str, list[np.ndarray]] = {"unmasked": [], "masked": []}
+    for start in range(0, len(faces), batch):
+        u, mk = batch_views(faces[start:start + batch], spec, rng, augment=False)
+        t_all.append(teacher(u).numpy())
+        for state, x in (("unmasked", u), ("masked", mk)):
+            e, ml = student(x)
+            s[state].append(e.numpy())
+            m[state].append(ml.numpy())
+    return Outputs(np.concatenate(t_all), {k: np.concatenate(v) for k, v in s.items()},
+                   {k: np.concatenate(v) for k, v in m.items()})
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, c - h), min(1.0, c + h))
+
+
+def card_figures(out: Outputs, calibration: Any) -> dict[str, Any]:
+    """Agreement with the teacher's unmasked answer, per state, with the majority baseline."""
+    from training.calibrate import ece
+
+    target = out.teacher_unmasked.argmax(1)
+    n = len(target)
+    majority = int(np.bincount(target, minlength=7).argmax()) if n else 0
+    fig: dict[str, Any] = {"faces": n, "majority_class": EXPRESSION_LABELS[majority]}
+    k_major = int((target == majority).sum())
+    fig["majority_baseline"] = {"agreement": k_major / max(n, 1), "ci95": wilson(k_major, n)}
+    teacher_masked_note = "teacher on the masked face vs itself on the unmasked face"
+    for state in MASK_LABELS:
+        logits, mask_logits = out.student[state], out.mask[state]
+        pred = logits.argmax(1)
+        k = int((pred == target).sum())
+        mask_p = softmax(mask_logits)
+        probs = calibrated_probs(logits, mask_p, calibration)
+        fig[state] = {
+            "agreement": k / max(n, 1),
+            "ci95": wilson(k, n),
+            "mask_state_accuracy": float((mask_p.argmax(1) == MASK_LABELS.index(state)).mean()),
+            "ece_uncalibrated": ece(softmax(logits), target) if n else None,
+            "ece_calibrated": ece(probs, target) if n else None,
+            "predicted": {EXPRESSION_LABELS[c]: int((probs.argmax(1) == c).sum()) for c in range(7)},
+        }
+    fig["note"] = teacher_masked_note
+    return fig
+
+
+def distill(recipe: Recipe, train: list[Face], val: list[Face], spec: InputSpec,
+            workdir: Path, progress: bool) -> tuple[torch.nn.Module, torch.nn.Module, list[dict]]:
+    from training.losses import distillation_kl, mask_state_ce
+    from training.models import create_student
+    from training.teachers import load_teacher
+
+    teacher = load_teacher("fer").eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    student = create_student("mini_xception")
+    student.load_teacher_weights()
+    head = list(student.mask_head.parameters())
+    head_ids = {id(p) for p in head}
+    trunk = [p for p in student.parameters() if id(p) not in head_ids]
+    opt = torch.optim.AdamW([{"params": trunk, "lr": recipe.lr},
+                             {"params": head, "lr": recipe.head_lr}], weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[recipe.lr, recipe.head_lr], total_steps=recipe.steps, pct_start=0.1)
+    rng = np.random.default_rng(recipe.seed)
+    log: list[dict] = []
+    best, best_state = -1.0, None
+    bar = tqdm(range(1, recipe.steps + 1), desc="distil", disable=not progress)
+    for step in bar:
+        student.train()
+        idx = rng.choice(len(train), size=min(recipe.batch_size, len(train)), replace=False)
+        u, m = batch_views([train[i] for i in idx], spec, rng, augment=True)
+        with torch.no_grad():
+            t_logits = teacher(u)
+        x = torch.cat([u, m])
+        expr, mask = student(x)
+        mask_target = torch.cat([torch.zeros(len(u)), torch.ones(len(m))]).long()
+        loss_kd = distillation_kl(expr, torch.cat([t_logits, t_logits]), recipe.temperature)
+        loss_mask = mask_state_ce(mask, mask_target)
+        loss = loss_kd + loss_mask
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % recipe.eval_every == 0 or step == recipe.steps:
+            out = predict(student, teacher, val, spec)
+            target = out.teacher_unmasked.argmax(1)
+            row = {"step": step, "loss_kd": float(loss_kd), "loss_mask": float(loss_mask)}
+            for state in MASK_LABELS:
+                row[f"val_{state}_agreement"] = float(
+                    (out.student[state].argmax(1) == target).mean())
+                row[f"val_{state}_mask_acc"] = float(
+                    (out.mask[state].argmax(1) == MASK_LABELS.index(state)).mean())
+            log.append(row)
+            bar.set_postfix(masked=f"{row['val_masked_agreement']:.2f}",
+                            unmasked=f"{row['val_unmasked_agreement']:.2f}")
+            # keep the best masked agreement without giving up unmasked fidelity
+            score = row["val_masked_agreement"] + 0.5 * row["val_unmasked_agreement"]
+            if score > best:
+                best = score
+                best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    assert best_state is not None
+    student.load_state_dict(best_state)
+    student.eval()
+    (workdir / "distill_log.json").write_text(json.dumps(log, indent=2))
+    return student, teacher, log
+
+
+def build(recipe: Recipe, out_dir: Path, workdir: Path, *, progress: bool = True,
+          eval_group: bool = True) -> dict[str, Any]:
+    from training.archive import build_archive
+    from training.calibrate import fit_calibration
+    from training.export import export_student
+    from training.face_pool import build_pool
+    from training.models import default_input_spec
+
+    t0 = time.perf_counter()
+    torch.manual_seed(recipe.seed)
+    torch.set_num_threads(recipe.threads)
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = default_input_spec("mini_xception")
+    groups = ("train", "eval") if eval_group else ("train",)
+    pool = build_pool(groups=groups, max_per_identity=recipe.max_per_identity,
+                      progress=progress, sources=recipe.sources)
+    train_pool = [f for f in pool if f.group == "train"]
+    eval_pool = [f for f in pool if f.group == "eval"]
+    faces = prepare_faces(train_pool, recipe, progress)
+    train, val = split_identities(faces, recipe.val_fraction, recipe.seed)
+    LOG.info("face pool: %d train faces (%d identities), %d val faces (%d identities)",
+             len(train), len({f.identity for f in train}), len(val),
+             len({f.identity for f in val}))
+    student, teacher, log = distill(recipe, train, val, spec, workdir, progress)
+
+    val_out = predict(student, teacher, val, spec)
+    val_target = val_out.teacher_unmasked.argmax(1)
+    calibration = fit_calibration(
+        {s: val_out.student[s] for s in MASK_LABELS}, {s: val_target for s in MASK_LABELS},
+        target_precision=recipe.target_precision,
+        fitted_on=f"validation split of the face pool ({len(val)} faces), teacher agreement",
+    )
+    trained_on = (
+        f"{len(train)} real unlabelled faces of {len(set(f.identity for f in train))} people "
+        "from registry packages (see docs/model_card.md), synthetic masks, soft labels from "
+        "the fer mini-XCEPTION teacher (FER2013)"
+    )
+    pt = export_student(student, spec, workdir / "msde_student.pt", version=recipe.version,
+                        trained_on=trained_on, architecture="mini_xception",
+                        calibration=calibration)
+    mar = build_archive(pt, out_dir)
+
+    card: dict[str, Any] = {
+        "version": recipe.version,
+        "recipe": recipe.model_dump(),
+        "train_faces": len(train),
+        "train_identities": len({f.identity for f in train}),
+        "val_faces": len(val),
+        "val_identities": len({f.identity for f in val}),
+        "sources": sorted({f.source for f in faces}),
+        "calibration": calibration.model_dump(),
+        "validation": card_figures(val_out, calibration),
+        "log": log,
+    }
+    if eval_group and eval_pool:
+        eval_faces = prepare_faces(eval_pool, recipe, progress=False)
+        card["reserved_eval"] = card_figures(
+            predict(student, teacher, eval_faces, spec), calibration)
+        card["reserved_eval"]["identities"] = len({f.identity for f in eval_faces})
+        card["reserved_eval"]["teacher_masked_agreement"] = teacher_self_agreement(
+            teacher, eval_faces, spec)
+    card["build_seconds"] = round(time.perf_counter() - t0, 1)
+    card["archive"] = str(mar)
+    (workdir / "model_card.json").write_text(json.dumps(card, indent=2, default=float))
+    return card
+
+
+@torch.inference_mode()
+def teacher_self_agreement(teacher: torch.nn.Module, faces: list[Face], spec: InputSpec) -> float:
+    """How often the teacher on the MASKED face agrees with itself on the unmasked face."""
+    u, m = batch_views(faces, spec, np.random.default_rng(0), augment=False)
+    return float((teacher(m).argmax(1) == teacher(u).argmax(1)).float().mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="msde-default-model", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "model_store")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the student, logs and model card go (default OUT/build)")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--sources", nargs="*", default=None)
+    parser.add_argument("--no-eval", action="store_true", help="skip the reserved-group figures")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, Any] = {}
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+    if args.sources is not None:
+        overrides["sources"] = args.sources
+    recipe = Recipe(**overrides)
+    card = build(recipe, args.out, args.workdir or args.out / "build",
+                 progress=not args.quiet, eval_group=not args.no_eval)
+    summary = {k: card[k] for k in ("train_faces", "train_identities", "build_seconds", "archive")}
+    print(json.dumps(summary, indent=2))
+    if "reserved_eval" in card:
+        print(json.dumps({k: v for k, v in card["reserved_eval"].items()}, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
