@@ -1,0 +1,88 @@
+"""Pretrained public expression classifiers, ported to PyTorch, used as distillation teachers.
+
+``TEACHERS`` says, per teacher, which input it expects (an ``InputSpec`` for
+``handler.align.face_input``), its native label order and where its weights come from;
+``load_teacher`` returns it frozen, in eval mode, with logits reordered to
+``handler.model_card.EXPRESSION_LABELS`` so every teacher is interchangeable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from handler.model_card import EXPRESSION_LABELS, InputSpec
+from training.teachers import faceapi_expression, fer_xception
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """What a caller needs to feed a teacher and read its answer."""
+
+    name: str
+    asset: str  # training.assets name holding the weights
+    licence: str
+    input_spec: InputSpec
+    labels: tuple[str, ...]  # the teacher's own output order
+    to_msde: tuple[int, ...]  # index into the teacher's logits for each msde label
+    build: Callable[[Path], nn.Module]  # asset folder -> module with native-order logits
+
+
+class MsdeOrderTeacher(nn.Module):
+    """Wraps a teacher so that ``forward`` returns logits in msde label order."""
+
+    def __init__(self, net: nn.Module, to_msde: tuple[int, ...]) -> None:
+        super().__init__()
+        if len(to_msde) != len(EXPRESSION_LABELS):
+            raise ValueError(f"need {len(EXPRESSION_LABELS)} indices, got {to_msde}")
+        self.net = net
+        self.register_buffer("index", torch.tensor(to_msde, dtype=torch.long), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).index_select(-1, self.index)
+
+
+TEACHERS: dict[str, TeacherSpec] = {
+    "fer": TeacherSpec(
+        name="fer",
+        asset="fer",
+        licence="MIT",
+        input_spec=fer_xception.FER_INPUT_SPEC,
+        labels=fer_xception.FER_LABELS,
+        to_msde=tuple(fer_xception.FER_TO_MSDE),
+        build=lambda root: fer_xception.load_fer_teacher(root / fer_xception.HDF5_IN_ASSET),
+    ),
+    "face-api": TeacherSpec(
+        name="face-api",
+        asset="face-api",
+        licence="MIT",
+        input_spec=faceapi_expression.FACEAPI_INPUT_SPEC,
+        labels=faceapi_expression.FACEAPI_LABELS,
+        to_msde=tuple(faceapi_expression.FACEAPI_TO_MSDE),
+        build=lambda root: faceapi_expression.load_faceapi_teacher(
+            root / faceapi_expression.MANIFEST_IN_ASSET
+        ),
+    ),
+}
+
+
+def load_teacher(name: str, asset_root: Path | None = None) -> nn.Module:
+    """Frozen teacher ``name`` in eval mode; ``forward(x)`` -> logits [N, 7] in msde order.
+
+    ``x`` is ``face_input(image, detection, TEACHERS[name].input_spec)`` batched.
+    ``asset_root`` is the teacher's fetched asset folder (default: ``training.assets.fetch``).
+    """
+    if name not in TEACHERS:
+        raise KeyError(f"unknown teacher {name!r}; known: {', '.join(sorted(TEACHERS))}")
+    spec = TEACHERS[name]
+    if asset_root is None:
+        from training.assets import fetch
+
+        asset_root = fetch(spec.asset)
+    teacher = MsdeOrderTeacher(spec.build(Path(asset_root)), spec.to_msde)
+    teacher.requires_grad_(False)
+    return teacher.eval()
