@@ -1,15 +1,21 @@
-"""Shared fixtures: public-domain real photos, image encoders, a tiny TorchScript student."""
+"""Shared fixtures: public-domain real photos, a tiny TorchScript student, the scaled-down
+default model (built once per session)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from handler.model_card import ModelMetadata
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +73,21 @@ def save_tiny_student(path: Path, metadata: ModelMetadata | None = None) -> Path
 @pytest.fixture(scope="session")
 def tiny_student_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_student(tmp_path_factory.mktemp("student") / "tiny.pt")
+
+
+def serving_test_config(path: Path) -> Path:
+    """deploy/model-config.yaml with one worker and a batch window wide enough to batch."""
+    config = yaml.safe_load((REPO / "deploy" / "model-config.yaml").read_text())
+    config.update(minWorkers=1, maxWorkers=1, batchSize=4, maxBatchDelay=300)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def scaled_down_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The default-model recipe on few faces and steps; its archive is what e2e serves."""
+    from tests.scaled_model import build_scaled_down
+
+    root = tmp_path_factory.mktemp("store")
+    return build_scaled_down(root / "model_store", root / "build",
+                             serving_test_config(root / "model-config.yaml"))

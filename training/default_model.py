@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from handler.align import face_input
 from handler.faces import Detection
-from handler.model_card import EXPRESSION_LABELS, MASK_LABELS, InputSpec
+from handler.model_card import EXPRESSION_LABELS, MASK_LABELS, InputSpec, ModelMetadata
 from handler.postprocess import calibrated_probs, softmax
 from training.assets import REPO_ROOT
 
@@ -50,8 +50,13 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = 0
-    steps: int = Field(1200, ge=1)
-    batch_size: int = Field(48, ge=2)
+    steps: int = Field(800, ge=1)
+    batch_size: int = Field(32, ge=2)
+    teachers: list[str] = Field(default_factory=lambda: ["fer"],
+                                description="teachers whose probabilities are averaged")
+    frozen_blocks: int = Field(
+        2, ge=0, le=4, description="stem + this many residual blocks stay as the teacher's"
+    )
     lr: float = Field(3e-4, gt=0)
     head_lr: float = Field(2e-3, gt=0)
     temperature: float = Field(4.0, gt=0)
@@ -74,6 +79,8 @@ class Face:
     identity: str
     source: str
     masked: list[np.ndarray]  # cached synthetic-mask renders of ``image``
+    teacher: np.ndarray | None = None  # teachers' mean probabilities (T = 1) on the unmasked face
+    teacher_soft: np.ndarray | None = None  # T * log(mean probabilities at T): KD target logits
 
 
 def context_crop(image: np.ndarray, det: Detection) -> tuple[np.ndarray, Detection]:
@@ -163,20 +170,41 @@ class Outputs:
 
 
 @torch.inference_mode()
-def predict(student: torch.nn.Module, teacher: torch.nn.Module, faces: list[Face],
-            spec: InputSpec, batch: int = 128) -> Outputs:
+def label_faces(faces: list[Face], teachers: list[str], temperature: float,
+                batch: int = 128) -> None:
+    """Average the teachers' probabilities on each unmasked face (their own input specs)."""
+    from training.teachers import TEACHERS, load_teacher
+
+    probs_t1 = np.zeros((len(faces), len(EXPRESSION_LABELS)))
+    probs_tt = np.zeros_like(probs_t1)
+    for name in teachers:
+        net, spec = load_teacher(name), TEACHERS[name].input_spec
+        for start in range(0, len(faces), batch):
+            chunk = faces[start:start + batch]
+            x = torch.from_numpy(np.stack([face_input(f.image, f.detection, spec) for f in chunk]))
+            logits = net(x).double().numpy()
+            probs_t1[start:start + len(chunk)] += softmax(logits) / len(teachers)
+            probs_tt[start:start + len(chunk)] += softmax(logits, temperature) / len(teachers)
+    for f, p1, pt in zip(faces, probs_t1, probs_tt):
+        f.teacher = p1.astype(np.float32)
+        f.teacher_soft = (temperature * np.log(np.maximum(pt, 1e-12))).astype(np.float32)
+
+
+@torch.inference_mode()
+def predict(student: torch.nn.Module, faces: list[Face], spec: InputSpec,
+            batch: int = 128) -> Outputs:
     student.eval()
     rng = np.random.default_rng(0)
-    t_all, s = [], {"unmasked": [], "masked": []}
+    s: dict[str, list[np.ndarray]] = {"unmasked": [], "masked": []}
     m: dict[str, list[np.ndarray]] = {"unmasked": [], "masked": []}
     for start in range(0, len(faces), batch):
         u, mk = batch_views(faces[start:start + batch], spec, rng, augment=False)
-        t_all.append(teacher(u).numpy())
         for state, x in (("unmasked", u), ("masked", mk)):
             e, ml = student(x)
             s[state].append(e.numpy())
             m[state].append(ml.numpy())
-    return Outputs(np.concatenate(t_all), {k: np.concatenate(v) for k, v in s.items()},
+    teacher = np.stack([f.teacher for f in faces]) if faces else np.zeros((0, 7))
+    return Outputs(np.log(np.maximum(teacher, 1e-12)), {k: np.concatenate(v) for k, v in s.items()},
                    {k: np.concatenate(v) for k, v in m.items()})
 
 
@@ -201,7 +229,6 @@ def card_figures(out: Outputs, calibration: Any) -> dict[str, Any]:
     fig: dict[str, Any] = {"faces": n, "majority_class": EXPRESSION_LABELS[majority]}
     k_major = int((target == majority).sum())
     fig["majority_baseline"] = {"agreement": k_major / max(n, 1), "ci95": wilson(k_major, n)}
-    teacher_masked_note = "teacher on the masked face vs itself on the unmasked face"
     for state in MASK_LABELS:
         logits, mask_logits = out.student[state], out.mask[state]
         pred = logits.argmax(1)
@@ -216,26 +243,38 @@ def card_figures(out: Outputs, calibration: Any) -> dict[str, Any]:
             "ece_calibrated": ece(probs, target) if n else None,
             "predicted": {EXPRESSION_LABELS[c]: int((probs.argmax(1) == c).sum()) for c in range(7)},
         }
-    fig["note"] = teacher_masked_note
+    fig["note"] = ("agreement: the student's top class on the face in that state vs the "
+                   "teachers' top class on the unmasked face")
     return fig
 
 
+def freeze_prefix(student: torch.nn.Module, blocks: int) -> list[torch.nn.Module]:
+    """Keep the stem and the first ``blocks`` residual blocks as the teacher made them.
+
+    Few faces: the early, generic layers stay put (and cost no backward pass); the late
+    layers and the heads adapt to masked faces.
+    """
+    net = student.net
+    frozen = [net.conv1, net.bn1, net.conv2, net.bn2, *list(net.blocks)[:blocks]]
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+    return frozen
+
+
 def distill(recipe: Recipe, train: list[Face], val: list[Face], spec: InputSpec,
-            workdir: Path, progress: bool) -> tuple[torch.nn.Module, torch.nn.Module, list[dict]]:
+            workdir: Path, progress: bool) -> tuple[torch.nn.Module, list[dict]]:
     from training.losses import distillation_kl, mask_state_ce
     from training.models import create_student
-    from training.teachers import load_teacher
 
-    teacher = load_teacher("fer").eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     student = create_student("mini_xception")
     student.load_teacher_weights()
-    head = list(student.mask_head.parameters())
-    head_ids = {id(p) for p in head}
-    trunk = [p for p in student.parameters() if id(p) not in head_ids]
+    frozen = freeze_prefix(student, recipe.frozen_blocks)
+    head_ids = {id(p) for p in student.mask_head.parameters()}
+    trunk = [p for p in student.parameters() if p.requires_grad and id(p) not in head_ids]
     opt = torch.optim.AdamW([{"params": trunk, "lr": recipe.lr},
-                             {"params": head, "lr": recipe.head_lr}], weight_decay=1e-4)
+                             {"params": list(student.mask_head.parameters()),
+                              "lr": recipe.head_lr}], weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=[recipe.lr, recipe.head_lr], total_steps=recipe.steps, pct_start=0.1)
     rng = np.random.default_rng(recipe.seed)
@@ -244,14 +283,15 @@ def distill(recipe: Recipe, train: list[Face], val: list[Face], spec: InputSpec,
     bar = tqdm(range(1, recipe.steps + 1), desc="distil", disable=not progress)
     for step in bar:
         student.train()
+        for module in frozen:
+            module.eval()  # frozen BatchNorm keeps the teacher's statistics
         idx = rng.choice(len(train), size=min(recipe.batch_size, len(train)), replace=False)
-        u, m = batch_views([train[i] for i in idx], spec, rng, augment=True)
-        with torch.no_grad():
-            t_logits = teacher(u)
-        x = torch.cat([u, m])
-        expr, mask = student(x)
+        chosen = [train[i] for i in idx]
+        u, m = batch_views(chosen, spec, rng, augment=True)
+        target = torch.from_numpy(np.stack([f.teacher_soft for f in chosen]))
+        expr, mask = student(torch.cat([u, m]))
         mask_target = torch.cat([torch.zeros(len(u)), torch.ones(len(m))]).long()
-        loss_kd = distillation_kl(expr, torch.cat([t_logits, t_logits]), recipe.temperature)
+        loss_kd = distillation_kl(expr, torch.cat([target, target]), recipe.temperature)
         loss_mask = mask_state_ce(mask, mask_target)
         loss = loss_kd + loss_mask
         opt.zero_grad(set_to_none=True)
@@ -259,12 +299,12 @@ def distill(recipe: Recipe, train: list[Face], val: list[Face], spec: InputSpec,
         opt.step()
         sched.step()
         if step % recipe.eval_every == 0 or step == recipe.steps:
-            out = predict(student, teacher, val, spec)
-            target = out.teacher_unmasked.argmax(1)
+            out = predict(student, val, spec)
+            teacher_top = out.teacher_unmasked.argmax(1)
             row = {"step": step, "loss_kd": float(loss_kd), "loss_mask": float(loss_mask)}
             for state in MASK_LABELS:
                 row[f"val_{state}_agreement"] = float(
-                    (out.student[state].argmax(1) == target).mean())
+                    (out.student[state].argmax(1) == teacher_top).mean())
                 row[f"val_{state}_mask_acc"] = float(
                     (out.mask[state].argmax(1) == MASK_LABELS.index(state)).mean())
             log.append(row)
@@ -279,11 +319,11 @@ def distill(recipe: Recipe, train: list[Face], val: list[Face], spec: InputSpec,
     student.load_state_dict(best_state)
     student.eval()
     (workdir / "distill_log.json").write_text(json.dumps(log, indent=2))
-    return student, teacher, log
+    return student, log
 
 
 def build(recipe: Recipe, out_dir: Path, workdir: Path, *, progress: bool = True,
-          eval_group: bool = True) -> dict[str, Any]:
+          eval_group: bool = True, model_config: Path | None = None) -> dict[str, Any]:
     from training.archive import build_archive
     from training.calibrate import fit_calibration
     from training.export import export_student
@@ -301,13 +341,14 @@ def build(recipe: Recipe, out_dir: Path, workdir: Path, *, progress: bool = True
     train_pool = [f for f in pool if f.group == "train"]
     eval_pool = [f for f in pool if f.group == "eval"]
     faces = prepare_faces(train_pool, recipe, progress)
+    label_faces(faces, recipe.teachers, recipe.temperature)
     train, val = split_identities(faces, recipe.val_fraction, recipe.seed)
     LOG.info("face pool: %d train faces (%d identities), %d val faces (%d identities)",
              len(train), len({f.identity for f in train}), len(val),
              len({f.identity for f in val}))
-    student, teacher, log = distill(recipe, train, val, spec, workdir, progress)
+    student, log = distill(recipe, train, val, spec, workdir, progress)
 
-    val_out = predict(student, teacher, val, spec)
+    val_out = predict(student, val, spec)
     val_target = val_out.teacher_unmasked.argmax(1)
     calibration = fit_calibration(
         {s: val_out.student[s] for s in MASK_LABELS}, {s: val_target for s in MASK_LABELS},
@@ -317,12 +358,21 @@ def build(recipe: Recipe, out_dir: Path, workdir: Path, *, progress: bool = True
     trained_on = (
         f"{len(train)} real unlabelled faces of {len(set(f.identity for f in train))} people "
         "from registry packages (see docs/model_card.md), synthetic masks, soft labels from "
-        "the fer mini-XCEPTION teacher (FER2013)"
+        f"the teacher(s) {', '.join(recipe.teachers)} (see docs/teachers.md)"
     )
-    pt = export_student(student, spec, workdir / "msde_student.pt", version=recipe.version,
-                        trained_on=trained_on, architecture="mini_xception",
-                        calibration=calibration)
-    mar = build_archive(pt, out_dir)
+    metadata = ModelMetadata(
+        version=recipe.version,
+        architecture="mini_xception",
+        input_size=spec.input_size,
+        mean=list(spec.mean),
+        std=list(spec.std),
+        crop=spec.crop,
+        trained_on=trained_on,
+        calibration=calibration,
+    )
+    pt = workdir / "msde_student.pt"
+    export_student(student, metadata, pt)
+    mar = build_archive(pt, out_dir, model_config=model_config)
 
     card: dict[str, Any] = {
         "version": recipe.version,
@@ -338,11 +388,11 @@ def build(recipe: Recipe, out_dir: Path, workdir: Path, *, progress: bool = True
     }
     if eval_group and eval_pool:
         eval_faces = prepare_faces(eval_pool, recipe, progress=False)
-        card["reserved_eval"] = card_figures(
-            predict(student, teacher, eval_faces, spec), calibration)
+        label_faces(eval_faces, recipe.teachers, recipe.temperature)
+        card["reserved_eval"] = card_figures(predict(student, eval_faces, spec), calibration)
         card["reserved_eval"]["identities"] = len({f.identity for f in eval_faces})
         card["reserved_eval"]["teacher_masked_agreement"] = teacher_self_agreement(
-            teacher, eval_faces, spec)
+            recipe.teachers, eval_faces)
     card["build_seconds"] = round(time.perf_counter() - t0, 1)
     card["archive"] = str(mar)
     (workdir / "model_card.json").write_text(json.dumps(card, indent=2, default=float))
@@ -350,10 +400,17 @@ def build(recipe: Recipe, out_dir: Path, workdir: Path, *, progress: bool = True
 
 
 @torch.inference_mode()
-def teacher_self_agreement(teacher: torch.nn.Module, faces: list[Face], spec: InputSpec) -> float:
-    """How often the teacher on the MASKED face agrees with itself on the unmasked face."""
-    u, m = batch_views(faces, spec, np.random.default_rng(0), augment=False)
-    return float((teacher(m).argmax(1) == teacher(u).argmax(1)).float().mean())
+def teacher_self_agreement(teachers: list[str], faces: list[Face]) -> float:
+    """How often the teachers on the MASKED face agree with themselves unmasked."""
+    from training.teachers import TEACHERS, load_teacher
+
+    masked = np.zeros((len(faces), len(EXPRESSION_LABELS)))
+    for name in teachers:
+        net, spec = load_teacher(name), TEACHERS[name].input_spec
+        x = torch.from_numpy(np.stack([face_input(f.masked[0], f.detection, spec) for f in faces]))
+        masked += softmax(net(x).double().numpy())
+    unmasked = np.stack([f.teacher for f in faces])
+    return float((masked.argmax(1) == unmasked.argmax(1)).mean())
 
 
 def main(argv: list[str] | None = None) -> int:

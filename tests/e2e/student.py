@@ -1,4 +1,4 @@
-"""The student the end-to-end tests serve."""
+"""A tiny random-weight student for servers that only test plumbing (overload, faults)."""
 
 from __future__ import annotations
 
