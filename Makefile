@@ -42,6 +42,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) bench/detector.py
+	$(VPY) bench/load.py
+
+fuzz: $(STAMP)
+	$(VPY) bench/fuzz.py
+
+audit: $(STAMP)
+	bash tools/audit.sh
 
 schema: $(STAMP)
 	$(VPY) -m handler.schema > docs/response.schema.json

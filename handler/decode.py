@@ -3,6 +3,12 @@
 Every way a request can be wrong ends in ``InputError`` with a stable ``code`` (used in the
 JSON error body and as the bounded ``reason`` label of the rejection metric) and the HTTP
 status the client gets. Nothing here logs or echoes payload bytes.
+
+Hardening (see docs/security.md): PIL only ever tries the accepted formats' parsers (no
+Ghostscript-backed EPS, no exotic plugins), the declared size is checked before any pixel
+is decoded, PNG chunk checksums are verified, JSON nesting bombs and non-object JSON bodies
+are refused, and anything else a decoder raises on hostile bytes becomes a 400, so that a
+payload can fail its own request but never the batch it was batched with.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import base64
 import binascii
 import io
 import json
+import logging
+import re
 import struct
 import warnings
 from dataclasses import dataclass
@@ -18,6 +26,8 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+LOG = logging.getLogger(__name__)
 
 # Stable error codes; also the values of the ``reason`` metric label.
 ERROR_CODES: tuple[str, ...] = (
@@ -30,6 +40,7 @@ ERROR_CODES: tuple[str, ...] = (
     "image_too_large",
     "image_too_small",
     "payload_too_large",
+    "too_many_images",
 )
 
 ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "MPO", "TIFF"})
@@ -43,7 +54,29 @@ _NOT_IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"<html", "an HTML document"),
     (b"<?xml", "an XML document"),
     (b"\x1f\x8b", "a gzip archive"),
+    (b"<svg", "an SVG drawing"),
 )
+# Image formats PIL could read but the service does not accept: recognised by their magic
+# numbers (PIL is never asked to parse them) so the client gets 415 and the format's name.
+_UNACCEPTED_IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"%!PS", "PostScript/EPS"),
+    (b"\xc5\xd0\xd3\xc6", "PostScript/EPS"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x02\x00", "CUR"),
+    (b"8BPS", "PSD"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"DDS ", "DDS"),
+    (b"qoif", "QOI"),
+    (b"icns", "ICNS"),
+    (b"SIMPLE  =", "FITS"),
+    (b"#define", "XBM"),
+    (b"/* XPM */", "XPM"),
+    (b"\x01\xda", "SGI"),
+    (b"\x59\xa6\x6a\x95", "Sun raster"),
+) + tuple((b"P" + str(n).encode(), "PPM/PGM/PBM") for n in range(1, 8))
+_ISO_MEDIA_BRANDS = (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif", b"avis")
+_BASE64_TEXT = re.compile(rb"[A-Za-z0-9+/=_\-\s]+")
 
 
 class InputError(Exception):
@@ -67,6 +100,7 @@ class DecodeLimits:
     max_pixels: int = 40_000_000
     max_side: int = 12_000
     min_side: int = 8
+    max_images: int = 16  # instances of one KServe v1 request
 
 
 @dataclass(frozen=True)
@@ -115,16 +149,22 @@ def _b64(value: Any, field: str) -> bytes:
     return raw
 
 
-def _from_json(obj: Any) -> ParsedRequest:
+_JSON_SHAPE = 'JSON body must be an object: {"image": "<base64>"} or {"instances": [...]}'
+
+
+def _from_json(obj: Any, limits: DecodeLimits) -> ParsedRequest:
     if not isinstance(obj, dict):
-        raise InputError(
-            "bad_request",
-            'JSON body must be an object: {"image": "<base64>"} or {"instances": [...]}',
-        )
+        raise InputError("bad_request", _JSON_SHAPE)
     if "instances" in obj:
         instances = obj["instances"]
         if not isinstance(instances, list) or not instances:
             raise InputError("bad_request", "'instances' must be a non-empty list")
+        if len(instances) > limits.max_images:
+            raise InputError(
+                "too_many_images",
+                f"{len(instances)} instances in one request; the limit is {limits.max_images}",
+                status=413,
+            )
         images = []
         for i, inst in enumerate(instances):
             if not isinstance(inst, dict):
@@ -156,13 +196,16 @@ def parse_request(inputs: dict[str, Any], limits: DecodeLimits = DecodeLimits())
     """One TorchServe request (its dict of input name -> value) -> what to analyse.
 
     TorchServe hands a raw body as ``body`` (already JSON-decoded when the client said
-    ``application/json``), multipart fields under their names, and query parameters too.
+    ``application/json``: then it may be any JSON value, not only an object), multipart
+    fields under their names (bytes, even for plain text fields).
     """
     detect_field = inputs.get("detect")
     for field in MULTIPART_FIELDS:
         if field in inputs:
             value = inputs[field]
-            if isinstance(value, str):  # a text form field: maybe base64
+            if isinstance(value, (bytes, bytearray)) and _is_base64_text(bytes(value)):
+                value = bytes(value).decode("ascii")  # a text form field holding base64
+            if isinstance(value, str):
                 value = _b64(value, field)
             if not isinstance(value, (bytes, bytearray)) or not value:
                 raise InputError("empty_body", f"form field '{field}' is empty")
@@ -177,27 +220,43 @@ def parse_request(inputs: dict[str, Any], limits: DecodeLimits = DecodeLimits())
     if body is None or (isinstance(body, (bytes, bytearray, str)) and len(body) == 0):
         raise InputError("empty_body", "the request body is empty")
     if isinstance(body, (dict, list)):
-        return _from_json(body)
+        return _from_json(body, limits)
     if isinstance(body, str):
         stripped = body.lstrip()
         if stripped.startswith(("{", "[")):
-            try:
-                return _from_json(json.loads(stripped))
-            except json.JSONDecodeError:
-                raise InputError("bad_json", "the body is not valid JSON") from None
+            return _from_json(_json_loads(stripped), limits)
         raise InputError(
-            "unsupported_type", "text body: send image bytes, multipart, or JSON with base64"
+            "unsupported_type",
+            "the body is text (or a JSON string): send image bytes, multipart, or a JSON "
+            'object {"image": "<base64>"}',
+            status=415,
         )
+    if not isinstance(body, (bytes, bytearray)):  # a JSON number, true/false
+        raise InputError("bad_request", _JSON_SHAPE)
     raw = bytes(body)
     _check_size(raw, limits)
     head = raw[:64].lstrip()
     if head[:1] in (b"{", b"["):
         try:
-            return _from_json(json.loads(raw.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise InputError("bad_json", "the body looks like JSON but does not parse") from None
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError("bad_json", "the body looks like JSON but is not UTF-8") from None
+        return _from_json(_json_loads(text), limits)
     detect = True if detect_field is None else _parse_bool(detect_field, "detect")
     return ParsedRequest((ImageRequest(raw, detect),))
+
+
+def _json_loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise InputError("bad_json", "the body looks like JSON but does not parse") from None
+    except RecursionError:  # "[[[[..." nesting bombs exhaust the parser's stack
+        raise InputError("bad_json", "the JSON body is nested too deeply") from None
+
+
+def _is_base64_text(value: bytes) -> bool:
+    return value.startswith(b"data:") or _BASE64_TEXT.fullmatch(value) is not None
 
 
 def _check_size(raw: bytes, limits: DecodeLimits) -> None:
@@ -210,11 +269,29 @@ def _check_size(raw: bytes, limits: DecodeLimits) -> None:
 
 
 def _describe_non_image(raw: bytes) -> str | None:
+    """What the body is, when it is recognisably not an accepted image (for a 415)."""
     head = raw[:16].lstrip().lower()
     for sig, what in _NOT_IMAGE_SIGNATURES:
         if head.startswith(sig.lower()):
             return what
+    for sig, fmt in _UNACCEPTED_IMAGE_SIGNATURES:
+        if raw.startswith(sig):
+            return f"a {fmt} image"
+    if raw[4:8] == b"ftyp" and raw[8:12] in _ISO_MEDIA_BRANDS:
+        return "a HEIF/AVIF image"
     return None
+
+
+def _looks_like_text(raw: bytes) -> bool:
+    """Printable UTF-8 at the start: a text file, never an image (all have binary headers)."""
+    head = raw[:1024]
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut by the 1 KiB window
+            return False
+        text = head[: exc.start].decode("utf-8")
+    return bool(text) and all(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -243,58 +320,80 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def decode_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
     """Encoded image -> RGB uint8 array (H, W, 3), EXIF orientation applied.
 
-    Animated images (GIF, WebP, APNG): the first frame is analysed.
+    Animated images (GIF, WebP, APNG): the first frame is analysed. EXIF that cannot be
+    parsed is ignored (cameras write broken EXIF; the pixels are still good).
     """
     if not raw:
         raise InputError("empty_body", "the image is empty")
     _check_size(raw, limits)
     what = _describe_non_image(raw)
     if what is not None:
-        raise InputError("unsupported_type", f"the body is {what}, not an image")
+        raise InputError("unsupported_type", f"the body is {what}, not an accepted image", 415)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(raw), formats=None)
-            fmt = img.format or "unknown"
-            if fmt not in ALLOWED_FORMATS:
-                raise InputError(
-                    "unsupported_type",
-                    f"image format {fmt} is not accepted (JPEG, PNG, WebP, BMP, GIF, TIFF)",
-                    status=415,
-                )
-            w, h = img.size
-            if w * h > limits.max_pixels or max(w, h) > limits.max_side:
-                raise InputError(
-                    "image_too_large",
-                    f"image is {w}x{h} pixels; limits are {limits.max_pixels} pixels and "
-                    f"{limits.max_side} per side",
-                    status=413,
-                )
-            if min(w, h) < limits.min_side:
-                raise InputError(
-                    "image_too_small",
-                    f"image is {w}x{h} pixels; at least {limits.min_side} per side is needed",
-                )
+            img = _open(raw, limits)
             img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img)
+            img = _exif_transposed(img)
             rgb = _to_rgb(img)
     except InputError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        kind = "image_too_large" if isinstance(exc, Image.DecompressionBombError) else None
-        if kind:
-            raise InputError(kind, "image declares too many pixels", status=413) from None
+    except MemoryError:
+        raise
+    except UnidentifiedImageError:
+        if _looks_like_text(raw):
+            raise InputError("undecodable_image", "the body is text, not an image") from None
         raise InputError("undecodable_image", "the body is not a readable image") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         raise InputError(
             "undecodable_image", f"the image is damaged or truncated ({type(exc).__name__})"
         ) from None
+    except Exception as exc:  # a decoder bug on hostile bytes: this request fails, not the batch
+        LOG.warning("image decoder raised %s; answered 400", type(exc).__name__)
+        raise InputError("undecodable_image", "the image could not be decoded") from None
     arr = np.asarray(rgb, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise InputError("undecodable_image", "the image could not be converted to RGB")
     return np.ascontiguousarray(arr)
 
 
+def _open(raw: bytes, limits: DecodeLimits) -> Image.Image:
+    """Identify the image with the accepted formats' parsers only and check what it declares.
+
+    Nothing is decoded here but headers; PNG chunk checksums are verified (PIL's decoder
+    does not check IDAT's).
+    """
+    img = Image.open(io.BytesIO(raw), formats=_PARSERS)
+    w, h = img.size
+    if w * h > limits.max_pixels or max(w, h) > limits.max_side:
+        raise InputError(
+            "image_too_large",
+            f"image is {w}x{h} pixels; limits are {limits.max_pixels} pixels and "
+            f"{limits.max_side} per side",
+            status=413,
+        )
+    if min(w, h) < limits.min_side:
+        raise InputError(
+            "image_too_small",
+            f"image is {w}x{h} pixels; at least {limits.min_side} per side is needed",
+        )
+    if img.format == "PNG":
+        Image.open(io.BytesIO(raw), formats=["PNG"]).verify()
+    return img
+
+
+def _exif_transposed(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # malformed EXIF: keep the pixels as stored
+        LOG.debug("EXIF ignored (%s)", type(exc).__name__)
+        img.load()
+        return img
+
+
 # Our own checks replace PIL's global bomb limit (it would fire at a different size).
 Image.MAX_IMAGE_PIXELS = None
+Image.init()
+# The parsers PIL may run on a body: the accepted formats' own (MPO is JPEG's, not separate).
+_PARSERS: list[str] = sorted(fmt for fmt in ALLOWED_FORMATS if fmt in Image.OPEN)

@@ -45,6 +45,7 @@ class ServingConfig(BaseModel):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(40_000_000, ge=64)
     max_image_side: int = Field(12_000, ge=16)
+    max_images_per_request: int = Field(16, ge=1, description="KServe v1 instances per request")
     max_faces_per_batch: int = Field(
         64, ge=1, description="faces per forward chunk (memory bound); all faces are answered"
     )
@@ -56,6 +57,7 @@ class ServingConfig(BaseModel):
             max_bytes=self.max_image_bytes,
             max_pixels=self.max_image_pixels,
             max_side=self.max_image_side,
+            max_images=self.max_images_per_request,
         )
 
 

@@ -28,6 +28,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def isolated_ports() -> dict[str, str]:
+    """gRPC ports and worker socket names of its own, so servers can run side by side.
+
+    Worker sockets are /tmp/.ts.sock.<port> whatever TMPDIR says (the JVM ignores it).
+    """
+    return {
+        "grpc_inference_port": str(free_port()),
+        "grpc_management_port": str(free_port()),
+        "initial_worker_port": str(20000 + free_port() % 30000),
+    }
+
+
 @dataclass
 class ServedModel:
     inference: str
@@ -101,6 +113,7 @@ def write_config(
         "job_queue_size": "64",
         "max_request_size": "20971520",
         "max_response_size": "20971520",
+        **isolated_ports(),
     }
     props.update(extra)
     path = workdir / "config.properties"

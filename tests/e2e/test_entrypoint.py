@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import requests
 
-from tests.e2e.server import free_port
+from tests.e2e.server import free_port, isolated_ports
 from tests.imaging import encode
 
 pytestmark = pytest.mark.e2e
@@ -67,6 +67,7 @@ def entrypoint(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         MSDE_TORCHSERVE=str(Path(sys.executable).with_name("torchserve")),
         MSDE_DRAIN_TIMEOUT_S=str(DRAIN_S),
         MSDE_STOP_TIMEOUT_S=str(STOP_S),
+        MSDE_TS_PROPERTIES=";".join(f"{k}={v}" for k, v in isolated_ports().items()),
         TS_DISABLE_SYSTEM_METRICS="true",
     )
     log = root / "entrypoint.log"
