@@ -54,6 +54,9 @@ bench: $(STAMP)
 	$(VPY) bench/detector.py
 	$(VPY) bench/load.py
 
+benchmark: $(STAMP)
+	$(VPY) -m training.benchmark
+
 fuzz: $(STAMP)
 	$(VPY) bench/fuzz.py
 
