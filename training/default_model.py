@@ -61,6 +61,7 @@ class Recipe(BaseModel):
     head_lr: float = Field(2e-3, gt=0)
     temperature: float = Field(4.0, gt=0)
     masked_renders: int = Field(6, ge=1, description="cached synthetic masks per face")
+    views: int = Field(8, ge=1, description="augmented (unmasked, masked) views per face")
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     eval_every: int = Field(200, ge=1)
     target_precision: float = Field(0.6, gt=0, le=1)
@@ -248,18 +249,43 @@ def card_figures(out: Outputs, calibration: Any) -> dict[str, Any]:
     return fig
 
 
-def freeze_prefix(student: torch.nn.Module, blocks: int) -> list[torch.nn.Module]:
-    """Keep the stem and the first ``blocks`` residual blocks as the teacher made them.
-
-    Few faces: the early, generic layers stay put (and cost no backward pass); the late
-    layers and the heads adapt to masked faces.
-    """
+def prefix(student: torch.nn.Module, blocks: int, x: torch.Tensor) -> torch.Tensor:
+    """The frozen part of mini_xception: stem + the first ``blocks`` residual blocks."""
     net = student.net
-    frozen = [net.conv1, net.bn1, net.conv2, net.bn2, *list(net.blocks)[:blocks]]
-    for module in frozen:
-        for p in module.parameters():
-            p.requires_grad_(False)
-    return frozen
+    x = torch.relu(net.bn1(net.conv1(x)))
+    x = torch.relu(net.bn2(net.conv2(x)))
+    for block in list(net.blocks)[:blocks]:
+        x = block(x)
+    return x
+
+
+def suffix(student: torch.nn.Module, blocks: int,
+           f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trained part: the remaining blocks, the expression head and the mask head."""
+    for block in list(student.net.blocks)[blocks:]:
+        f = block(f)
+    embedding = f.mean(dim=(2, 3))
+    return student.expression_head(f, embedding), student.mask_head(embedding)
+
+
+@torch.inference_mode()
+def view_bank(student: torch.nn.Module, faces: list[Face], recipe: Recipe, spec: InputSpec,
+              progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frozen-prefix features of ``views`` augmented (unmasked, masked) views of every face.
+
+    Few faces, many steps: the early layers stay the teacher's, so their output on a fixed
+    bank of augmented views is computed once and the steps only run the late layers.
+    Returns (unmasked [F, V, ...], masked [F, V, ...], KD targets [F, 7]).
+    """
+    rng = np.random.default_rng([recipe.seed, 1])
+    student.eval()
+    unmasked, masked = [], []
+    for f in tqdm(faces, desc="views", disable=not progress):
+        u, m = batch_views([f] * recipe.views, spec, rng, augment=True)
+        unmasked.append(prefix(student, recipe.frozen_blocks, u))
+        masked.append(prefix(student, recipe.frozen_blocks, m))
+    targets = torch.from_numpy(np.stack([f.teacher_soft for f in faces]))
+    return torch.stack(unmasked), torch.stack(masked), targets
 
 
 def distill(recipe: Recipe, train: list[Face], val: list[Face], spec: InputSpec,
@@ -269,9 +295,13 @@ def distill(recipe: Recipe, train: list[Face], val: list[Face], spec: InputSpec,
 
     student = create_student("mini_xception")
     student.load_teacher_weights()
-    frozen = freeze_prefix(student, recipe.frozen_blocks)
-    head_ids = {id(p) for p in student.mask_head.parameters()}
-    trunk = [p for p in student.parameters() if p.requires_grad and id(p) not in head_ids]
+    bank_u, bank_m, bank_t = view_bank(student, train, recipe, spec, progress)
+    trained = [*list(student.net.blocks)[recipe.frozen_blocks:], student.net.classifier]
+    trunk = [p for module in trained for p in module.parameters()]
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for p in [*trunk, *student.mask_head.parameters()]:
+        p.requires_grad_(True)
     opt = torch.optim.AdamW([{"params": trunk, "lr": recipe.lr},
                              {"params": list(student.mask_head.parameters()),
                               "lr": recipe.head_lr}], weight_decay=1e-4)
@@ -280,17 +310,18 @@ def distill(recipe: Recipe, train: list[Face], val: list[Face], spec: InputSpec,
     rng = np.random.default_rng(recipe.seed)
     log: list[dict] = []
     best, best_state = -1.0, None
+    n = len(train)
     bar = tqdm(range(1, recipe.steps + 1), desc="distil", disable=not progress)
     for step in bar:
-        student.train()
-        for module in frozen:
-            module.eval()  # frozen BatchNorm keeps the teacher's statistics
-        idx = rng.choice(len(train), size=min(recipe.batch_size, len(train)), replace=False)
-        chosen = [train[i] for i in idx]
-        u, m = batch_views(chosen, spec, rng, augment=True)
-        target = torch.from_numpy(np.stack([f.teacher_soft for f in chosen]))
-        expr, mask = student(torch.cat([u, m]))
-        mask_target = torch.cat([torch.zeros(len(u)), torch.ones(len(m))]).long()
+        student.eval()
+        for module in trained:
+            module.train()  # the frozen prefix keeps the teacher's BatchNorm statistics
+        idx = torch.from_numpy(rng.choice(n, size=min(recipe.batch_size, n), replace=False))
+        view = torch.from_numpy(rng.integers(recipe.views, size=len(idx)))
+        feats = torch.cat([bank_u[idx, view], bank_m[idx, view]])
+        target = bank_t[idx]
+        expr, mask = suffix(student, recipe.frozen_blocks, feats)
+        mask_target = torch.cat([torch.zeros(len(idx)), torch.ones(len(idx))]).long()
         loss_kd = distillation_kl(expr, torch.cat([target, target]), recipe.temperature)
         loss_mask = mask_state_ce(mask, mask_target)
         loss = loss_kd + loss_mask
@@ -318,6 +349,8 @@ def distill(recipe: Recipe, train: list[Face], val: list[Face], spec: InputSpec,
     assert best_state is not None
     student.load_state_dict(best_state)
     student.eval()
+    for p in student.parameters():
+        p.requires_grad_(True)
     (workdir / "distill_log.json").write_text(json.dumps(log, indent=2))
     return student, log
 
