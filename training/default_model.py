@@ -244,6 +244,7 @@ def card_figures(out: Outputs, calibration: Any) -> dict[str, Any]:
             "ece_calibrated": ece(probs, target) if n else None,
             "predicted": {EXPRESSION_LABELS[c]: int((probs.argmax(1) == c).sum()) for c in range(7)},
         }
+    fig["confusable_under_mask"] = confusions(out)
     fig["note"] = ("agreement: the student's top class on the face in that state vs the "
                    "teachers' top class on the unmasked face")
     return fig
@@ -286,6 +287,25 @@ def view_bank(student: torch.nn.Module, faces: list[Face], recipe: Recipe, spec:
         masked.append(prefix(student, recipe.frozen_blocks, m))
     targets = torch.from_numpy(np.stack([f.teacher_soft for f in faces]))
     return torch.stack(unmasked), torch.stack(masked), targets
+
+
+def confusions(out: Outputs, threshold: float = 0.25) -> list[dict[str, Any]]:
+    """Teacher class -> student class confusions on masked faces (>= threshold of the row)."""
+    from training.calibrate import confusable_pairs
+    from training.evaluate import confusion
+
+    target = out.teacher_unmasked.argmax(1)
+    masked = confusion(target, out.student["masked"].argmax(1))
+    unmasked = confusion(target, out.student["unmasked"].argmax(1))
+    pairs = confusable_pairs(masked, threshold)
+    support = np.bincount(target, minlength=len(EXPRESSION_LABELS))
+    return [
+        {"teacher": p.true, "student_masked": p.predicted, "rate_masked": round(p.rate, 3),
+         "rate_unmasked": round(float(unmasked[EXPRESSION_LABELS.index(p.true),
+                                               EXPRESSION_LABELS.index(p.predicted)]), 3),
+         "faces": int(support[EXPRESSION_LABELS.index(p.true)])}
+        for p in pairs
+    ]
 
 
 def distill(recipe: Recipe, train: list[Face], val: list[Face], spec: InputSpec,
