@@ -20,6 +20,7 @@ import base64
 import gzip
 import io
 import json
+import math
 import struct
 import zipfile
 import zlib
@@ -437,3 +438,14 @@ def mutate(data: bytes, rng: np.random.Generator, rounds: int = 1) -> bytes:
         else:  # delete a block
             del buf[at : at + int(rng.integers(1, 64))]
     return bytes(buf)
+
+
+def all_finite(obj: Any) -> bool:
+    """No NaN or infinity anywhere in a decoded JSON answer."""
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(all_finite(v) for v in obj.values())
+    if isinstance(obj, list):
+        return all(all_finite(v) for v in obj)
+    return True

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,6 +21,7 @@ import requests
 
 from handler.schema import json_schema
 from tests.corpus import (
+    all_finite,
     LOG_MARKER,
     AcceptCase,
     RejectCase,
@@ -46,16 +46,6 @@ def strict_json(text: str) -> Any:
         raise AssertionError(f"non-finite number {token} in a response")
 
     return json.loads(text, parse_constant=refuse)
-
-
-def all_finite(obj: Any) -> bool:
-    if isinstance(obj, float):
-        return math.isfinite(obj)
-    if isinstance(obj, dict):
-        return all(all_finite(v) for v in obj.values())
-    if isinstance(obj, list):
-        return all(all_finite(v) for v in obj)
-    return True
 
 
 def post(served: ServedModel, request: Request) -> requests.Response:

@@ -28,6 +28,7 @@ from handler.faces import Detection
 from handler.model_card import InputSpec, read_metadata
 from handler.pipeline import Pipeline, ServingConfig
 from tests.corpus import (
+    all_finite,
     accept_cases,
     jpeg,
     mutate,
@@ -161,16 +162,6 @@ def fuzzed_request(kind: int, seed: int) -> dict[str, Any]:
     if kind == 1:
         return CORPUS_INPUTS[seed % len(CORPUS_INPUTS)]
     return {"body": mutate(SEEDS[seed % len(SEEDS)], rng, int(rng.integers(1, 6)))}
-
-
-def all_finite(obj: Any) -> bool:
-    if isinstance(obj, float):
-        return math.isfinite(obj)
-    if isinstance(obj, dict):
-        return all(all_finite(v) for v in obj.values())
-    if isinstance(obj, list):
-        return all(all_finite(v) for v in obj)
-    return True
 
 
 @fuzz_settings(60)
