@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,15 @@ class Entrypoint:
     inference: str
     work_dir: Path
     log: Path
+    # (TorchServe's /ping said Healthy, our readiness verdict) seen while starting
+    startup: list[tuple[bool, int]] = field(default_factory=list)
+
+    def ping_healthy(self) -> bool:
+        try:
+            r = requests.get(f"{self.inference}/ping", timeout=5)
+            return r.status_code == 200 and r.json().get("status") == "Healthy"
+        except (requests.RequestException, ValueError):
+            return False
 
     def probe(self, check: str) -> int:
         return subprocess.run(
@@ -77,10 +86,14 @@ def entrypoint(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     ep = Entrypoint(proc, f"http://127.0.0.1:{ports[0]}", root / "logs" / "run", log)
     try:
         deadline = time.monotonic() + 240
-        while ep.probe("ready") != 0:
+        while True:
+            healthy = ep.ping_healthy()
+            ep.startup.append((healthy, ep.probe("ready")))
+            if ep.startup[-1][1] == 0:
+                break
             assert proc.poll() is None, f"entrypoint exited {proc.returncode}\n{ep.output()}"
             assert time.monotonic() < deadline, f"never ready\n{ep.output()}"
-            time.sleep(1)
+            time.sleep(0.5)
         yield ep
     finally:
         if proc.poll() is None:
@@ -113,6 +126,14 @@ def test_entrypoint_renders_config_from_the_local_one(entrypoint: Entrypoint) ->
     assert f"inference_address={entrypoint.inference}\n" in rendered
     assert f"metrics_config={REPO}/deploy/metrics.yaml\n" in rendered  # made absolute
     assert "load_models=msde=msde.mar\n" in rendered
+
+
+def test_not_ready_while_loading_although_ping_says_healthy(entrypoint: Entrypoint) -> None:
+    """/ping answers Healthy before the model's workers are up; readiness does not."""
+    assert any(healthy and ready != 0 for healthy, ready in entrypoint.startup), (
+        entrypoint.startup
+    )
+    assert entrypoint.startup[-1][1] == 0
 
 
 def test_ready_means_model_warmed_up_and_live(entrypoint: Entrypoint) -> None:

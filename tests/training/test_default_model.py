@@ -1,0 +1,88 @@
+"""The default-model recipe, scaled down (few faces, a few steps): what it builds and reports."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from handler.align import face_input
+from handler.model_card import read_metadata
+from training.default_model import Recipe, jitter, split_identities, wilson
+
+
+def test_build_writes_archive_student_and_card(scaled_down_build: dict[str, Any]) -> None:
+    card = scaled_down_build
+    mar = Path(card["archive"])
+    assert mar.is_file()
+    names = set(zipfile.ZipFile(mar).namelist())
+    assert {"msde_student.pt", "msde_handler.py", "handler/pipeline.py",
+            "MAR-INF/MANIFEST.json"} <= names
+    assert any(n.startswith("blazeface/") and n.endswith(".onnx") for n in names)
+    build_dir = mar.parent.parent / "build"
+    written = json.loads((build_dir / "model_card.json").read_text())
+    assert written["train_faces"] == card["train_faces"] > 0
+    assert card["val_faces"] > 0 and card["train_identities"] > 0
+    meta = read_metadata(build_dir / "msde_student.pt")
+    assert meta.architecture == "mini_xception" and meta.input_size == (1, 64, 64)
+    assert meta.calibration.fitted_on and "validation" in meta.calibration.fitted_on
+    reserved = card["reserved_eval"]
+    assert reserved["faces"] == 2  # astronaut and grace_hopper: the reserved sources asked for
+    for state in ("unmasked", "masked"):
+        assert 0.0 <= reserved[state]["agreement"] <= 1.0
+        lo, hi = reserved[state]["ci95"]
+        assert lo <= reserved[state]["agreement"] <= hi
+
+
+def test_student_starts_from_the_teacher_and_keeps_the_astronauts_smile(
+    scaled_down_build: dict[str, Any], astronaut: np.ndarray
+) -> None:
+    from handler.detect import FaceDetector
+    from training.assets import fetch
+
+    pt = Path(scaled_down_build["archive"]).parent.parent / "build" / "msde_student.pt"
+    meta = read_metadata(pt)
+    student = torch.jit.load(str(pt))
+    face = FaceDetector(fetch("blazeface") / "ONNX").detect(astronaut)[0]
+    x = torch.from_numpy(face_input(astronaut, face, meta.input_spec()))[None]
+    expression, _ = student(x)
+    assert meta.labels[int(expression.argmax())] == "happiness"
+
+
+def test_identity_split_keeps_people_apart() -> None:
+    from training.default_model import Face
+
+    faces = [Face(np.zeros((8, 8, 3), np.uint8), None, f"p{i % 10}", "s", [])  # type: ignore
+             for i in range(50)]
+    train, val = split_identities(faces, 0.2, seed=0)
+    assert {f.identity for f in train}.isdisjoint({f.identity for f in val})
+    assert len({f.identity for f in val}) == 2 and len(train) + len(val) == 50
+
+
+def test_jitter_is_small_and_seeded() -> None:
+    from handler.faces import Detection
+
+    kp = np.array([[40, 40], [60, 40], [50, 50], [50, 60], [30, 45], [70, 45]], np.float32)
+    det = Detection((30.0, 30.0, 70.0, 70.0), 0.9, kp)
+    a = jitter(det, np.random.default_rng(1))
+    b = jitter(det, np.random.default_rng(1))
+    assert a.box == b.box and np.array_equal(a.keypoints, b.keypoints)
+    assert max(abs(u - v) for u, v in zip(a.box, det.box)) < 0.2 * 40
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (5, 10), (10, 10), (7, 21)])
+def test_wilson_interval_contains_the_proportion(k: int, n: int) -> None:
+    lo, hi = wilson(k, n)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+
+
+def test_recipe_rejects_bad_values() -> None:
+    with pytest.raises(ValueError):
+        Recipe(steps=0)
+    with pytest.raises(ValueError):
+        Recipe(unknown_knob=1)  # type: ignore[call-arg]
