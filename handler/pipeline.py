@@ -15,12 +15,12 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from handler.align import face_input, whole_image_detection
 from handler.decode import DecodeLimits, InputError, ParsedRequest, decode_image, parse_request
 from handler.faces import Detection
-from handler.model_card import ModelMetadata
+from handler.model_card import Calibration, ModelMetadata
 from handler.postprocess import face_results
 from handler.schema import (
     ImageInfo,
@@ -50,7 +50,19 @@ class ServingConfig(BaseModel):
         64, ge=1, description="faces per forward chunk (memory bound); all faces are answered"
     )
     mask_reliable_probability: float = Field(0.8, ge=0.5, le=1.0)
+    abstain_threshold: dict[str, float] | None = Field(
+        None,
+        description="per mask state ('unmasked', 'masked'): overrides the thresholds fitted "
+        "into the model's metadata (an expression below it is answered 'uncertain')",
+    )
     detector: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("abstain_threshold")
+    @classmethod
+    def _thresholds(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            Calibration(abstain_threshold=v)  # same rules as fitted thresholds
+        return v
 
     def limits(self) -> DecodeLimits:
         return DecodeLimits(
@@ -102,10 +114,15 @@ class Pipeline:
         config: ServingConfig | None = None,
     ) -> None:
         self.model = model
+        self.config = config or ServingConfig()
+        if self.config.abstain_threshold is not None:
+            calibration = metadata.calibration.model_copy(
+                update={"abstain_threshold": self.config.abstain_threshold}
+            )
+            metadata = metadata.model_copy(update={"calibration": calibration})
         self.metadata = metadata
         self.spec = metadata.input_spec()
         self.detector = detector
-        self.config = config or ServingConfig()
         self.limits = self.config.limits()
 
     def parse(self, inputs: Sequence[dict[str, Any]]) -> list[ParsedRequest | InputError]:

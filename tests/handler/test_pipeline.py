@@ -122,3 +122,19 @@ def test_abstention_labels_uncertain(tiny_student_pt: Path) -> None:
 def test_published_schema_is_current() -> None:
     committed = json.loads(Path("docs/response.schema.json").read_text())
     assert committed == json.loads(json.dumps(SCHEMA)), "run: python -m handler.schema"
+
+
+def test_model_config_thresholds_override_the_fitted_ones(tiny_student_pt: Path) -> None:
+    config = ServingConfig(abstain_threshold={"unmasked": 1.0, "masked": 1.0})
+    pipe = Pipeline(torch.jit.load(str(tiny_student_pt)), read_metadata(tiny_student_pt),
+                    FixedDetector(), config)
+    (outcome,) = pipe.run([{"body": _image()}])
+    assert outcome.body["faces"][0]["expression"]["label"] == "uncertain"
+
+
+@pytest.mark.parametrize(
+    "bad", [{"unmasked": 0.5}, {"unmasked": 0.5, "masked": 1.5}, {"a": 0.1, "b": 0.2}]
+)
+def test_invalid_threshold_override_is_rejected(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        ServingConfig(abstain_threshold=bad)
