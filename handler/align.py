@@ -34,8 +34,16 @@ def roll_angle(keypoints: np.ndarray | None) -> float:
 def crop_matrix(
     detection: Detection, out_hw: tuple[int, int], spec: CropSpec
 ) -> np.ndarray:
-    """2x3 affine matrix mapping image pixels to crop pixels for one detection."""
+    """2x3 affine matrix mapping image pixels to crop pixels for one detection.
+
+    ``WHOLE_IMAGE_CROP`` maps the box onto the output as it is (no square, no roll): the
+    client sent a ready-made face crop.
+    """
     x1, y1, x2, y2 = detection.box
+    out_h, out_w = out_hw
+    if spec == WHOLE_IMAGE_CROP:
+        sx, sy = out_w / (x2 - x1), out_h / (y2 - y1)
+        return np.array([[sx, 0.0, -x1 * sx], [0.0, sy, -y1 * sy]], dtype=np.float64)
     side = max(x2 - x1, y2 - y1) * spec.scale
     if side <= 0:
         raise ValueError(f"degenerate face box {detection.box}")
@@ -44,7 +52,6 @@ def crop_matrix(
     # shift along the face's own vertical axis, so it follows the roll
     shift = spec.shift_y * (y2 - y1)
     cx, cy = cx - math.sin(angle) * shift, cy + math.cos(angle) * shift
-    out_h, out_w = out_hw
     sx, sy = out_w / side, out_h / side
     cos, sin = math.cos(-angle), math.sin(-angle)
     # translate centre to origin, rotate by -angle, scale, move to crop centre
@@ -78,15 +85,7 @@ def align_face(
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
     out_h, out_w = out_hw
-    if spec == WHOLE_IMAGE_CROP and detection.keypoints is None:
-        x1, y1, x2, y2 = detection.box
-        m = np.array(
-            [[out_w / (x2 - x1), 0.0, -x1 * out_w / (x2 - x1)],
-             [0.0, out_h / (y2 - y1), -y1 * out_h / (y2 - y1)]],
-            dtype=np.float64,
-        )
-    else:
-        m = crop_matrix(detection, out_hw, spec)
+    m = crop_matrix(detection, out_hw, spec)
     # INTER_AREA when shrinking a lot avoids aliasing; warpAffine lacks it, so pre-shrink.
     scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
     src = image

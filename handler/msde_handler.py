@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,6 @@ class MsdeHandler:
         except ValidationError as exc:
             raise ValueError(f"invalid 'handler:' section in model-config.yaml: {exc}") from None
         torch.set_num_threads(config.threads)
-        os.environ.setdefault("OMP_NUM_THREADS", str(config.threads))
         self.pipeline = load_pipeline(model_dir, config)
         self.metrics = getattr(context, "metrics", None)
         meta = self.pipeline.metadata
