@@ -31,8 +31,12 @@
 # Exit: 0 after a signal-initiated stop; TorchServe's own status if it exits by itself
 # (1 if that status was 0: an unasked-for exit is a failure); 2 for a setup error.
 set -euo pipefail
+# A reader of our output that goes away (Ctrl-C on `make serve | tee log` ends tee first)
+# must not kill this script before it has stopped TorchServe: ignore SIGPIPE, and never
+# fail on a log line that cannot be written.
+trap '' PIPE
 
-log() { printf '%s entrypoint %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2; }
+log() { printf '%s entrypoint %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >&2 || true; }
 die() { log "ERROR: $*"; exit 2; }
 
 launch_dir=$PWD
@@ -132,6 +136,8 @@ log "starting TorchServe: config $effective, models $models, logs $log_dir"
 setsid "$torchserve" --start --foreground --ncs --ts-config "$effective" \
     --model-store "$model_store" "${extra_args[@]}" &
 ts_pid=$!
+# whatever ends this script (an error under set -e included), TorchServe's group goes with it
+trap 'kill -KILL -- "-$ts_pid" 2>/dev/null || true' EXIT
 echo "$ts_pid" >"$work_dir/torchserve.pgid"  # for whoever must clean up after a SIGKILL
 
 stopping=0
