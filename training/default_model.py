@@ -308,6 +308,29 @@ def confusions(out: Outputs, threshold: float = 0.25) -> list[dict[str, Any]]:
     ]
 
 
+def abstain_unless_better_than_majority(calibration: Any, out: Outputs) -> Any:
+    """Masked faces answer 'uncertain' unless the student clearly beats the majority class.
+
+    "Clearly": the lower end of the 95% interval of the student's masked agreement on the
+    validation split is above the majority class's agreement. Otherwise a masked answer is
+    no better than a constant guess, and the honest default is to say so.
+    """
+    target = out.teacher_unmasked.argmax(1)
+    n = len(target)
+    majority = np.bincount(target, minlength=len(EXPRESSION_LABELS)).max() / max(n, 1)
+    k = int((out.student["masked"].argmax(1) == target).sum())
+    low, _ = wilson(k, n)
+    if low > majority:
+        return calibration
+    LOG.warning("masked agreement %d/%d (95%% CI from %.2f) does not beat the majority class "
+                "(%.2f): masked faces will answer 'uncertain'", k, n, low, majority)
+    return calibration.model_copy(update={
+        "abstain_threshold": {**calibration.abstain_threshold, "masked": 1.0},
+        "fitted_on": f"{calibration.fitted_on}; masked threshold set to 1.0: masked agreement "
+                     f"{k}/{n} does not beat the majority class ({majority:.2f})",
+    })
+
+
 def distill(recipe: Recipe, train: list[Face], val: list[Face], spec: InputSpec,
             workdir: Path, progress: bool) -> tuple[torch.nn.Module, list[dict]]:
     from training.losses import distillation_kl, mask_state_ce
@@ -408,6 +431,7 @@ def build(recipe: Recipe, out_dir: Path, workdir: Path, *, progress: bool = True
         target_precision=recipe.target_precision,
         fitted_on=f"validation split of the face pool ({len(val)} faces), teacher agreement",
     )
+    calibration = abstain_unless_better_than_majority(calibration, val_out)
     trained_on = (
         f"{len(train)} real unlabelled faces of {len(set(f.identity for f in train))} people "
         "from registry packages (see docs/model_card.md), synthetic masks, soft labels from "

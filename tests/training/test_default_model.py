@@ -86,3 +86,27 @@ def test_recipe_rejects_bad_values() -> None:
         Recipe(steps=0)
     with pytest.raises(ValueError):
         Recipe(unknown_knob=1)  # type: ignore[call-arg]
+
+
+def _outputs(student_masked_top: list[int], teacher_top: list[int]) -> Any:
+    from training.default_model import Outputs
+
+    eye = np.eye(7)
+    teacher = np.log(eye[teacher_top] * 0.9 + 0.1 / 7)
+    masked = eye[student_masked_top] * 5.0
+    return Outputs(teacher, {"unmasked": teacher, "masked": masked},
+                   {"unmasked": np.zeros((len(teacher_top), 2)),
+                    "masked": np.zeros((len(teacher_top), 2))})
+
+
+def test_masked_faces_abstain_when_no_better_than_the_majority_class() -> None:
+    from handler.model_card import Calibration
+    from training.default_model import abstain_unless_better_than_majority
+
+    fitted = Calibration(fitted_on="test", abstain_threshold={"unmasked": 0.1, "masked": 0.3})
+    teacher = [3] * 60 + [6] * 40  # majority: 60%
+    weak = _outputs([3] * 100, teacher)  # = always the majority class
+    strong = _outputs(teacher, teacher)  # agrees on every face
+    assert abstain_unless_better_than_majority(fitted, weak).abstain_threshold == {
+        "unmasked": 0.1, "masked": 1.0}
+    assert abstain_unless_better_than_majority(fitted, strong) == fitted
