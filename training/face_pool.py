@@ -641,6 +641,15 @@ def build_source(
     return faces
 
 
+def detector_fingerprint() -> str:
+    """Changes whenever the detector's code does: its faces are what the cache holds."""
+    import hashlib
+
+    import handler.detect
+
+    return hashlib.sha256(Path(handler.detect.__file__).read_bytes()).hexdigest()[:16]
+
+
 def _source_dir(cache_dir: Path, name: str) -> Path:
     return cache_dir / POOL_VERSION / name
 
@@ -655,7 +664,8 @@ def load_or_build_source(
     """A source's faces from its cached index, or built (and cached) when missing or stale."""
     out_dir = _source_dir(cache_dir, source.name)
     index = out_dir / "index.json"
-    key = {"version": POOL_VERSION, "source": source.name, "package": source.version}
+    key = {"version": POOL_VERSION, "source": source.name, "package": source.version,
+           "detector": detector_fingerprint()}
     if index.exists():
         data = json.loads(index.read_text())
         if data.get("key") == key:
