@@ -38,10 +38,16 @@ from handler.faces import Detection
 from handler.model_card import EXPRESSION_LABELS, MASK_LABELS, InputSpec, ModelMetadata
 from handler.postprocess import calibrated_probs, softmax
 from training.assets import REPO_ROOT
+from training.data.dataset import Augmentation, augment_pair
 
 LOG = logging.getLogger(__name__)
 VERSION = "1.0.0"
 CONTEXT_FACE_SIDE = 96  # face box side (px) of the cached context crops
+# the training package's pair augmentation, geometry only (the detector's own wobble + flip)
+VIEW_AUGMENTATION = Augmentation(
+    flip_p=0.5, max_rotate_deg=10.0, scale=(0.92, 1.08), max_shift=0.06,
+    brightness=0.0, contrast=(1.0, 1.0), saturation=(1.0, 1.0),
+)
 
 
 class Recipe(BaseModel):
@@ -73,7 +79,7 @@ class Recipe(BaseModel):
 
 @dataclass
 class Face:
-    """A face cut out of its photo with context, so masks and jitter stay cheap."""
+    """A face cut out of its photo with context, so masks and augmentation stay cheap."""
 
     image: np.ndarray  # RGB uint8 context crop
     detection: Detection  # in the crop's pixels
@@ -100,23 +106,6 @@ def context_crop(image: np.ndarray, det: Detection) -> tuple[np.ndarray, Detecti
     kp = None if det.keypoints is None else (det.keypoints * scale + m[:, 2]).astype(np.float32)
     box = (x1 * scale + m[0, 2], y1 * scale + m[1, 2], x2 * scale + m[0, 2], y2 * scale + m[1, 2])
     return crop, Detection(box=box, score=det.score, keypoints=kp)
-
-
-def jitter(det: Detection, rng: np.random.Generator) -> Detection:
-    """Small random shift, scale and roll of the crop (the detector's own wobble)."""
-    x1, y1, x2, y2 = det.box
-    w, h = x2 - x1, y2 - y1
-    s = math.exp(rng.uniform(-0.08, 0.08))
-    dx, dy = rng.uniform(-0.06, 0.06) * w, rng.uniform(-0.06, 0.06) * h
-    cx, cy = (x1 + x2) / 2 + dx, (y1 + y2) / 2 + dy
-    box = (cx - w * s / 2, cy - h * s / 2, cx + w * s / 2, cy + h * s / 2)
-    kp = det.keypoints
-    if kp is not None:
-        a = math.radians(rng.uniform(-10, 10))
-        rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-        centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
-        kp = ((kp - centre) @ rot.T + centre + [dx, dy]).astype(np.float32)
-    return Detection(box=box, score=det.score, keypoints=kp)
 
 
 def prepare_faces(pool: list[Any], recipe: Recipe, progress: bool) -> list[Face]:
@@ -150,15 +139,13 @@ def batch_views(faces: list[Face], spec: InputSpec, rng: np.random.Generator,
     """(unmasked, masked) input tensors for a list of faces, same geometry for both."""
     unmasked, masked = [], []
     for k, f in enumerate(faces):
-        det = jitter(f.detection, rng) if augment else f.detection
         render = f.masked[int(rng.integers(len(f.masked))) if augment else k % len(f.masked)]
-        u, m = face_input(f.image, det, spec), face_input(render, det, spec)
-        if augment and rng.random() < 0.5:
-            u, m = u[..., ::-1], m[..., ::-1]
-        unmasked.append(u)
-        masked.append(m)
-    return (torch.from_numpy(np.ascontiguousarray(np.stack(unmasked))),
-            torch.from_numpy(np.ascontiguousarray(np.stack(masked))))
+        images, det = [f.image, render], f.detection
+        if augment:
+            images, det = augment_pair(images, det, rng, VIEW_AUGMENTATION)
+        unmasked.append(face_input(images[0], det, spec))
+        masked.append(face_input(images[1], det, spec))
+    return torch.from_numpy(np.stack(unmasked)), torch.from_numpy(np.stack(masked))
 
 
 @dataclass
@@ -220,15 +207,20 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, c - h), min(1.0, c + h))
 
 
+def majority_class(out: Outputs) -> tuple[int, int]:
+    """(most frequent teacher class on the unmasked faces, how many faces it covers)."""
+    counts = np.bincount(out.teacher_unmasked.argmax(1), minlength=len(EXPRESSION_LABELS))
+    return int(counts.argmax()), int(counts.max())
+
+
 def card_figures(out: Outputs, calibration: Any) -> dict[str, Any]:
     """Agreement with the teacher's unmasked answer, per state, with the majority baseline."""
     from training.calibrate import ece
 
     target = out.teacher_unmasked.argmax(1)
     n = len(target)
-    majority = int(np.bincount(target, minlength=7).argmax()) if n else 0
+    majority, k_major = majority_class(out)
     fig: dict[str, Any] = {"faces": n, "majority_class": EXPRESSION_LABELS[majority]}
-    k_major = int((target == majority).sum())
     fig["majority_baseline"] = {"agreement": k_major / max(n, 1), "ci95": wilson(k_major, n)}
     for state in MASK_LABELS:
         logits, mask_logits = out.student[state], out.mask[state]
@@ -317,7 +309,7 @@ def abstain_unless_better_than_majority(calibration: Any, out: Outputs) -> Any:
     """
     target = out.teacher_unmasked.argmax(1)
     n = len(target)
-    majority = np.bincount(target, minlength=len(EXPRESSION_LABELS)).max() / max(n, 1)
+    majority = majority_class(out)[1] / max(n, 1)
     k = int((out.student["masked"].argmax(1) == target).sum())
     low, _ = wilson(k, n)
     if low > majority:

@@ -13,7 +13,7 @@ import torch
 
 from handler.align import face_input
 from handler.model_card import read_metadata
-from training.default_model import Recipe, jitter, split_identities, wilson
+from training.default_model import Recipe, batch_views, split_identities, wilson
 
 
 def test_build_writes_archive_student_and_card(scaled_down_build: dict[str, Any]) -> None:
@@ -64,15 +64,27 @@ def test_identity_split_keeps_people_apart() -> None:
     assert len({f.identity for f in val}) == 2 and len(train) + len(val) == 50
 
 
-def test_jitter_is_small_and_seeded() -> None:
+def test_augmented_views_are_seeded_and_share_their_geometry(astronaut: np.ndarray) -> None:
     from handler.faces import Detection
+    from training.default_model import Face, context_crop
+    from training.models import default_input_spec
 
-    kp = np.array([[40, 40], [60, 40], [50, 50], [50, 60], [30, 45], [70, 45]], np.float32)
-    det = Detection((30.0, 30.0, 70.0, 70.0), 0.9, kp)
-    a = jitter(det, np.random.default_rng(1))
-    b = jitter(det, np.random.default_rng(1))
-    assert a.box == b.box and np.array_equal(a.keypoints, b.keypoints)
-    assert max(abs(u - v) for u, v in zip(a.box, det.box)) < 0.2 * 40
+    kp = np.array([[205, 110], [245, 110], [227, 135], [227, 152], [185, 120], [265, 120]],
+                  np.float32)
+    crop, det = context_crop(astronaut, Detection((180.0, 76.0, 275.0, 171.0), 0.9, kp))
+    render = crop.copy()
+    render[int(det.keypoints[2, 1]):] = 0  # a crude "mask" over the lower face
+    face = Face(crop, det, "a", "s", [render])
+    spec = default_input_spec("mini_xception")
+    u1, m1 = batch_views([face] * 4, spec, np.random.default_rng(1), augment=True)
+    u2, m2 = batch_views([face] * 4, spec, np.random.default_rng(1), augment=True)
+    assert torch.equal(u1, u2) and torch.equal(m1, m2)
+    assert not torch.equal(u1[0], u1[1])  # each view its own augmentation
+    # same geometry: the upper face (above the "mask") is identical in both views
+    top = spec.input_size[1] // 4
+    assert torch.equal(u1[..., :top, :], m1[..., :top, :])
+    fixed_u, _ = batch_views([face], spec, np.random.default_rng(9), augment=False)
+    assert torch.equal(fixed_u[0], torch.from_numpy(face_input(crop, det, spec)))
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (5, 10), (10, 10), (7, 21)])
