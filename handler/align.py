@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from handler.faces import Detection
-from handler.model_card import CropSpec, InputSpec
+from handler.contract import CropSpec, InputSpec
 
 # ITU-R BT.601 luma, the weights of PIL "L" and OpenCV RGB2GRAY.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from handler.align import crop_matrix, transform_points
 from handler.faces import Detection
-from handler.model_card import CropSpec
+from handler.contract import CropSpec
 
 LOG = logging.getLogger(__name__)
 

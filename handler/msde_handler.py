@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from handler.model_card import METADATA_FILE, ModelMetadata
+from handler.contract import METADATA_FILE, ModelMetadata
 from handler.pipeline import Pipeline, RequestOutcome, ServingConfig, Timings
 
 LOG = logging.getLogger(__name__)

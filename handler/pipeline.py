@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from handler.align import face_input, whole_image_detection
 from handler.decode import DecodeLimits, InputError, ParsedRequest, decode_image, parse_request
 from handler.faces import Detection
-from handler.model_card import Calibration, ModelMetadata
+from handler.contract import Calibration, ModelMetadata
 from handler.postprocess import face_results
 from handler.schema import (
     ImageInfo,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from handler.faces import Detection
-from handler.model_card import Calibration
+from handler.contract import Calibration
 from handler.schema import ExpressionResult, FaceResult, MaskResult
 
 UNCERTAIN = "uncertain"

@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from handler.model_card import ModelMetadata
+from handler.contract import ModelMetadata
 
 REPO = Path(__file__).resolve().parents[1]
 

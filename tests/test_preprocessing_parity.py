@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from handler.pipeline import Pipeline
-from handler.model_card import read_metadata
+from handler.contract import read_metadata
 from tests.imaging import encode
 from training.data import FaceRecord, PairedFaceDataset
 

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from handler.model_card import read_metadata
+from handler.contract import read_metadata
 from training.assets import REPO_ROOT, fetch
 
 LOG = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ A student trained on paired faces is typically over-confident on masked faces (h
 is gone, yet the logits stay large). The handler therefore divides the expression logits by a
 temperature chosen for the predicted mask state and answers ``"uncertain"`` when the
 calibrated top probability falls below that state's threshold. This module fits both numbers
-on a validation split and packs them into ``handler.model_card.Calibration``, the object that
+on a validation split and packs them into ``handler.contract.Calibration``, the object that
 ``msde-export --calibration calibration.json`` embeds into the exported model.
 
 The soft mixing over mask states (weights = the mask head's probabilities) lives in the
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from handler.model_card import EXPRESSION_LABELS, MASK_LABELS, Calibration
+from handler.contract import EXPRESSION_LABELS, MASK_LABELS, Calibration
 from handler.postprocess import softmax
 
 LOG = logging.getLogger(__name__)

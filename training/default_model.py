@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from handler.align import face_input
 from handler.faces import Detection
-from handler.model_card import EXPRESSION_LABELS, MASK_LABELS, InputSpec, ModelMetadata
+from handler.contract import EXPRESSION_LABELS, MASK_LABELS, InputSpec, ModelMetadata
 from handler.postprocess import calibrated_probs, softmax
 from training.assets import REPO_ROOT
 from training.data.dataset import Augmentation, augment_pair

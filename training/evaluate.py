@@ -8,7 +8,7 @@ draws and writes.
 
 Conventions (also in ``docs/evaluation.md``):
 
-* labels follow ``handler.model_card.EXPRESSION_LABELS``; ``-1`` = unlabelled, excluded from
+* labels follow ``handler.contract.EXPRESSION_LABELS``; ``-1`` = unlabelled, excluded from
   every label metric (the mask-state accuracy still counts it: its mask state is known);
 * a class absent from a split's labels has recall NaN and is left out of the macro-F1
   (macro-F1 = mean F1 over the classes *present* in the labels), so a fold without "fear"
@@ -42,7 +42,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from handler.model_card import (
+from handler.contract import (
     EXPRESSION_LABELS,
     MASK_LABELS,
     Calibration,

@@ -1,7 +1,7 @@
 """``msde-export``: a training checkpoint becomes the TorchScript file TorchServe loads.
 
 The scripted student carries its contract inside, as the extra file ``metadata.json``
-(``handler.model_card.ModelMetadata``: labels, input size, normalisation, crop, calibration),
+(``handler.contract.ModelMetadata``: labels, input size, normalisation, crop, calibration),
 so the handler never guesses how to feed it. Before the file is accepted, the scripted
 module — re-loaded from disk — must reproduce the eager model's outputs on random tensors
 and on real photos run through the serving preprocessing; any difference fails loudly.
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from handler.align import face_input, whole_image_detection
 from handler.faces import Detection
-from handler.model_card import (
+from handler.contract import (
     METADATA_FILE,
     Calibration,
     InputSpec,
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--trained-on", default=None, help="default: from the checkpoint config")
     parser.add_argument("--calibration", type=Path, default=None,
-                        help="calibration.json (handler.model_card.Calibration)")
+                        help="calibration.json (handler.contract.Calibration)")
     parser.add_argument("--parity-image", type=Path, action="append", default=None,
                         help="face-crop image(s) for the parity check (default: public photos)")
     parser.add_argument("--mar", type=Path, default=None,

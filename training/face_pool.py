@@ -45,7 +45,7 @@ from PIL import Image, ImageDraw, ImageOps
 from handler.align import align_face, roll_angle
 from handler.detect import DetectorConfig, FaceDetector, iou_matrix
 from handler.faces import Detection
-from handler.model_card import CropSpec
+from handler.contract import CropSpec
 from training.assets import ASSETS, REPO_ROOT, fetch
 
 LOG = logging.getLogger(__name__)

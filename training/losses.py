@@ -5,7 +5,7 @@ Kept apart from the training loop so each term can be checked against a hand com
 
 * expression labels use the msde order 0..6; ``-1`` marks an unlabelled sample, which the
   cross-entropy terms skip (the distillation terms still use it);
-* mask-state labels are 0 = unmasked, 1 = masked (``handler.model_card.MASK_LABELS``);
+* mask-state labels are 0 = unmasked, 1 = masked (``handler.contract.MASK_LABELS``);
 * every loss is a scalar that stays attached to the graph, even when nothing in the batch
   contributes (it is then an exact zero), so DDP always sees the same parameters in use.
 """

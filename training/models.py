@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchvision.models import mobilenet_v3_small
 from torchvision.models.resnet import BasicBlock
 
-from handler.model_card import EXPRESSION_LABELS, MASK_LABELS, CropSpec, InputSpec
+from handler.contract import EXPRESSION_LABELS, MASK_LABELS, CropSpec, InputSpec
 
 LOG = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
-from handler.model_card import InputSpec, read_metadata
+from handler.contract import InputSpec, read_metadata
 from training import losses
 from training.config import TrainConfig, parse_config, save_config
 from training.data import (

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from handler.align import face_input, whole_image_detection
 from handler.decode import DecodeLimits, InputError, decode_image, parse_request
 from handler.faces import Detection
-from handler.model_card import InputSpec, read_metadata
+from handler.contract import InputSpec, read_metadata
 from handler.pipeline import Pipeline, ServingConfig
 from tests.corpus import (
     all_finite,

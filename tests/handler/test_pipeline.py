@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from handler.faces import Detection
-from handler.model_card import Calibration, read_metadata
+from handler.contract import Calibration, read_metadata
 from handler.pipeline import Pipeline, ServingConfig
 from handler.schema import json_schema
 from tests.imaging import encode

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from handler.model_card import Calibration
+from handler.contract import Calibration
 from handler.postprocess import softmax
 from training.calibrate import (
     NEVER_MET_THRESHOLD,

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from handler.align import crop_matrix, face_input, transform_points
 from handler.faces import Detection
-from handler.model_card import InputSpec
+from handler.contract import InputSpec
 from training.data import Augmentation, FaceRecord, PairedFaceDataset, generate_faces
 from training.data.dataset import augment_pair, flip_detection
 from training.data.detections import CANONICAL_KEYPOINTS

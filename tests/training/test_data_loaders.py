@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handler.model_card import EXPRESSION_LABELS
+from handler.contract import EXPRESSION_LABELS
 from training.data import (
     DataConfig,
     DataError,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from handler.align import face_input
-from handler.model_card import read_metadata
+from handler.contract import read_metadata
 from training.default_model import Recipe, batch_views, split_identities, wilson
 
 
@@ -112,7 +112,7 @@ def _outputs(student_masked_top: list[int], teacher_top: list[int]) -> Any:
 
 
 def test_masked_faces_abstain_when_no_better_than_the_majority_class() -> None:
-    from handler.model_card import Calibration
+    from handler.contract import Calibration
     from training.default_model import abstain_unless_better_than_majority
 
     fitted = Calibration(fitted_on="test", abstain_threshold={"unmasked": 0.1, "masked": 0.3})

@@ -246,7 +246,7 @@ def _tiny_run(tmp_path: Path) -> Path:
 
 
 def test_cli_evaluates_checkpoint_and_writes_calibration(tmp_path: Path) -> None:
-    from handler.model_card import Calibration
+    from handler.contract import Calibration
     from training.evaluate import main
 
     out = tmp_path / "report"

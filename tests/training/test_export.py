@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from handler.model_card import Calibration, read_metadata
+from handler.contract import Calibration, read_metadata
 from training.export import ParityError, check_parity, main, real_inputs, script_module
 from training.models import create_student, default_input_spec
 

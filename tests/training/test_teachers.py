@@ -20,7 +20,7 @@ from skimage import data
 
 from handler.align import face_input
 from handler.faces import Detection
-from handler.model_card import EXPRESSION_LABELS
+from handler.contract import EXPRESSION_LABELS
 from training.teachers import TEACHERS, load_teacher
 from training.teachers.faceapi_expression import (
     FACEAPI_INPUT_SPEC,

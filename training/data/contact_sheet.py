@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from handler.align import align_face
-from handler.model_card import EXPRESSION_LABELS, CropSpec
+from handler.contract import EXPRESSION_LABELS, CropSpec
 from training.data.synthetic import synthetic_face
 from training.masks import render_mask
 

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from handler.align import face_input, whole_image_detection
 from handler.faces import Detection
-from handler.model_card import InputSpec
+from handler.contract import InputSpec
 from training.data.detections import FaceFinder, main_face, mask_keypoints
 from training.data.images import load_rgb, read_rgb
 from training.data.records import FaceRecord

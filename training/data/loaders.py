@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from handler.model_card import EXPRESSION_LABELS
+from handler.contract import EXPRESSION_LABELS
 from training.assets import DEFAULT_CACHE
 from training.data.config import DataConfig
 from training.data.detections import default_detector, resolve_detections

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 
 from handler.faces import Detection
-from handler.model_card import EXPRESSION_LABELS
+from handler.contract import EXPRESSION_LABELS
 
 SplitName = Literal["train", "val", "test"]
 

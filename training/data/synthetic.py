@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from handler.faces import Detection
-from handler.model_card import EXPRESSION_LABELS
+from handler.contract import EXPRESSION_LABELS
 from training.data.records import FaceRecord
 
 PARAMS: tuple[str, ...] = (

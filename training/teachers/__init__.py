@@ -3,7 +3,7 @@
 ``TEACHERS`` says, per teacher, which input it expects (an ``InputSpec`` for
 ``handler.align.face_input``), its native label order and where its weights come from;
 ``load_teacher`` returns it frozen, in eval mode, with logits reordered to
-``handler.model_card.EXPRESSION_LABELS`` so every teacher is interchangeable.
+``handler.contract.EXPRESSION_LABELS`` so every teacher is interchangeable.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from handler.model_card import EXPRESSION_LABELS, InputSpec
+from handler.contract import EXPRESSION_LABELS, InputSpec
 from training.teachers import faceapi_expression, fer_xception
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from handler.model_card import EXPRESSION_LABELS, CropSpec, InputSpec
+from handler.contract import EXPRESSION_LABELS, CropSpec, InputSpec
 from training.teachers.fer_xception import tf_same_padding
 
 LOG = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from handler.model_card import EXPRESSION_LABELS, CropSpec, InputSpec
+from handler.contract import EXPRESSION_LABELS, CropSpec, InputSpec
 
 LOG = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class MiniXception(nn.Module):
 
 
 def to_msde_order(logits: Tensor) -> Tensor:
-    """Reorder FER-ordered scores ([..., 7]) into ``handler.model_card.EXPRESSION_LABELS``."""
+    """Reorder FER-ordered scores ([..., 7]) into ``handler.contract.EXPRESSION_LABELS``."""
     return logits[..., FER_TO_MSDE]
 
 
