@@ -26,6 +26,10 @@ from client.api import (
 
 LOG = logging.getLogger(__name__)
 DRAWN_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+# full-resolution colour: thin coloured lines survive JPEG's chroma subsampling otherwise not
+_JPEG = {"quality": 95, "subsampling": 0}
+SAVE_OPTIONS: dict[str, dict[str, int]] = {".jpg": _JPEG, ".jpeg": _JPEG,
+                                           ".webp": {"quality": 95}}
 
 
 def _client(args: argparse.Namespace) -> MsdeClient:
@@ -66,7 +70,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
             args.draw.mkdir(parents=True, exist_ok=True)
             out = _unique(args.draw, Path(result.source).name, seen)
-            draw_faces(load_image(result.source), result.response.faces).save(out)
+            drawn = draw_faces(load_image(result.source), result.response.faces)
+            drawn.save(out, **SAVE_OPTIONS.get(out.suffix, {}))
             if not args.json:
                 print(f"  drawn: {out}")
     failed = sum(1 for r in results if r.error is not None)

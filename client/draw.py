@@ -101,13 +101,29 @@ def heatmap_array(face: FaceExplanation) -> np.ndarray:
         return np.asarray(png.convert("L"))
 
 
-def overlay_heatmap(image: Image.Image, face: FaceExplanation) -> Image.Image:
-    """``image`` with the face's heatmap stretched over ``heatmap.box``, and its box drawn."""
+def _heat_in_box(face: FaceExplanation) -> tuple[int, int, np.ndarray]:
+    """(left, top, uint8 heat stretched to ``heatmap.box`` in image pixels)."""
     assert face.heatmap is not None
     x1, y1, x2, y2 = face.heatmap.box
     w, h = max(1, round(x2 - x1)), max(1, round(y2 - y1))
-    heat = Image.fromarray(heat_rgba(heatmap_array(face)), "RGBA").resize(
-        (w, h), Image.Resampling.BILINEAR)
+    heat = Image.fromarray(heatmap_array(face)).resize((w, h), Image.Resampling.BILINEAR)
+    return round(x1), round(y1), np.asarray(heat)
+
+
+def heat_on_image(face: FaceExplanation, size: tuple[int, int]) -> np.ndarray:
+    """The face's heat in [0, 1] on an image of ``size`` (width, height): for measuring
+    where the model looked (e.g. the share above a mask's top edge)."""
+    w, h = size
+    x, y, heat = _heat_in_box(face)
+    out = np.zeros((h, w), np.float32)
+    part = heat[: max(0, h - y), : max(0, w - x)]
+    out[y : y + part.shape[0], x : x + part.shape[1]] = part / 255.0
+    return out
+
+
+def overlay_heatmap(image: Image.Image, face: FaceExplanation) -> Image.Image:
+    """``image`` with the face's heatmap stretched over ``heatmap.box``, and its box drawn."""
+    x, y, heat = _heat_in_box(face)
     out = image.convert("RGBA")
-    out.alpha_composite(heat, (round(x1), round(y1)))
+    out.alpha_composite(Image.fromarray(heat_rgba(heat), "RGBA"), (x, y))
     return draw_faces(out.convert("RGB"), [face])
