@@ -96,8 +96,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if face.heatmap is None:
             print(f"  face {i}: no heatmap (beyond the per-request cap)")
             continue
-        out = args.out / f"{args.image.stem}.face{i}.{face.heatmap.target}.png"
-        overlay_heatmap(image, face).save(out)
+        kind = args.target or "heatmap"  # the predicted expression, named in the output
+        out = args.out / f"{args.image.stem}.face{i}.{kind}.jpg"
+        overlay_heatmap(image, face).save(out, **_JPEG)
         print(f"  face {i}: heatmap of {face.heatmap.target}: {out}")
     return 0
 

@@ -45,13 +45,13 @@ def format_result(result: Result) -> str:
     lines = [f"{result.source}  {r.image.width}x{r.image.height}  "
              f"{n} face{'s' if n != 1 else ''}"]
     if n:
-        lines.append(f"  {'#':>2}  {'box (x1,y1 - x2,y2)':<24}{'mask':<16}{'expression':<20}")
+        lines.append(f"  {'#':>2}  {'box (x1,y1 - x2,y2)':<24}{'mask':<16}expression")
     for i, face in enumerate(r.faces):
         x1, y1, x2, y2 = face.box
         box = f"{x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}"
         mask = f"{face.mask.label} {face.mask.probability:.2f}"
         expression = f"{face.expression.label} {face.expression.probability:.2f}"
-        lines.append(f"  {i:>2}  {box:<24}{mask:<16}{expression:<20}")
+        lines.append(f"  {i:>2}  {box:<24}{mask:<16}{expression}")
     return "\n".join(lines)
 
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any
+from socketserver import BaseServer
+from typing import Any, TypeVar
 
 import requests
 
 LOG = logging.getLogger(__name__)
+Server = TypeVar("Server", bound=BaseServer)
 
 # what the service accepts (20 MiB per request) plus room for base64/multipart framing
 MAX_FORWARD_BYTES = 32 * 1024 * 1024
@@ -97,3 +102,16 @@ def serve(upstream: str, *, port: int = 8090, model: str = "msde",
           token: str | None = None) -> UiServer:
     """A bound server (``port=0``: a free one); the caller runs ``serve_forever``."""
     return UiServer(port, upstream, model, token)
+
+
+@contextmanager
+def in_background(server: Server) -> Iterator[Server]:
+    """Run ``server`` on a thread for the ``with`` block (tests, notebooks), then stop it."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from client.ui import in_background
+
 Reply = tuple[int, dict[str, Any] | list[Any]]
 
 
@@ -81,14 +83,8 @@ def fake_service() -> Iterator[FakeService]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     service.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with in_background(server):
         yield service
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture()

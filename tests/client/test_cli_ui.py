@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 import requests
 
 from client.cli import main
-from client.ui import MAX_FORWARD_BYTES, UiServer, serve
+from client.ui import MAX_FORWARD_BYTES, UiServer, in_background, serve
 from tests.client.conftest import NO_WORKER_BODY, TOKEN_BODY, FakeService, prediction
 
 
@@ -65,15 +64,8 @@ def test_server_down_exits_3(closed_port_url: str, tmp_path: Path,
 
 @pytest.fixture()
 def page_server(fake_service: FakeService) -> Iterator[UiServer]:
-    server = serve(fake_service.url, port=0, token="secret")
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with in_background(serve(fake_service.url, port=0, token="secret")) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def _url(server: UiServer, path: str) -> str:
@@ -101,10 +93,7 @@ def test_api_calls_are_forwarded_with_the_token(page_server: UiServer,
 
 
 def test_service_down_and_oversized_bodies_get_an_error_body(closed_port_url: str) -> None:
-    server = serve(closed_port_url, port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with in_background(serve(closed_port_url, port=0)) as server:
         r = requests.post(_url(server, "/api/predict"), data=b"x", timeout=10)
         assert r.status_code == 502 and r.json()["error"]["code"] == "service_unreachable"
         conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
@@ -116,7 +105,3 @@ def test_service_down_and_oversized_bodies_get_an_error_body(closed_port_url: st
         assert json.loads(r413.read())["error"]["code"] == "payload_too_large"
         conn.close()
         assert requests.get(_url(server, "/etc/passwd"), timeout=10).status_code == 404
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)

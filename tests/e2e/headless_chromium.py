@@ -38,9 +38,10 @@ def chromium_binary() -> str | None:
 
 
 class Browser:
-    """One headless Chromium with one page; ``call`` sends a CDP command and waits."""
+    """One headless Chromium with one page of ``width`` x ``height`` CSS pixels; ``call``
+    sends a CDP command and waits for its answer."""
 
-    def __init__(self, profile: Path, width: int = 1280, height: int = 900) -> None:
+    def __init__(self, profile: Path, width: int = 1280, height: int = 800) -> None:
         import websocket
 
         binary = chromium_binary()
@@ -65,6 +66,9 @@ class Browser:
         self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=60,
                                               suppress_origin=True)
         self._ids = itertools.count(1)
+        # the page's own size, whatever the window decorations of this Chromium take
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                  deviceScaleFactor=1, mobile=False)
 
     def call(self, method: str, **params: Any) -> dict[str, Any]:
         msg_id = next(self._ids)
@@ -108,7 +112,11 @@ class Browser:
                       clickCount=1)
 
     def screenshot(self, path: Path) -> Path:
-        data = self.call("Page.captureScreenshot", format="png")["data"]
+        """PNG, or JPEG (quality 85) when ``path`` ends in .jpg."""
+        options: dict[str, Any] = {"format": "png"}
+        if path.suffix.lower() in (".jpg", ".jpeg"):
+            options = {"format": "jpeg", "quality": 85}
+        data = self.call("Page.captureScreenshot", **options)["data"]
         path.write_bytes(base64.b64decode(data))
         return path
 

@@ -3,7 +3,6 @@ real TorchServe: drop the astronaut, see her box drawn on her face, click it, se
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from PIL import Image
 
 from client.draw import MASK_COLOURS
-from client.ui import UiServer, serve
+from client.ui import in_background, serve
 from tests.e2e.headless_chromium import Browser
 from tests.e2e.server import ServedModel
 from tests.e2e.test_serve import ASTRONAUT_FACE, _center_inside
@@ -23,15 +22,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture()
 def page(served_model: ServedModel) -> Iterator[str]:
-    server: UiServer = serve(served_model.inference, port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with in_background(serve(served_model.inference, port=0)) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture()
