@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from client.api import DEFAULT_URL  # noqa: E402 - the repository is the import root
 OUT = REPO / "docs" / "img" / "client"
 PHOTOS = REPO / "build" / "photos"  # git-ignored
 
@@ -98,14 +100,15 @@ def page_screenshot(url: str, photo: Path, out: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--url", default=DEFAULT_URL)
     args = parser.parse_args()
     plain, masked, line = write_photos(PHOTOS)
     OUT.mkdir(parents=True, exist_ok=True)
     out = str(OUT.relative_to(REPO))
-    run(["predict", str(PHOTOS.relative_to(REPO)), "--url", args.url, "--draw", out])
-    run(["explain", str(masked.relative_to(REPO)), "--url", args.url, "--out", out])
-    run(["explain", str(plain.relative_to(REPO)), "--url", args.url, "--out", out])
+    url = [] if args.url == DEFAULT_URL else ["--url", args.url]
+    run(["predict", str(PHOTOS.relative_to(REPO)), *url, "--draw", out])
+    run(["explain", str(masked.relative_to(REPO)), *url, "--out", out])
+    run(["explain", str(plain.relative_to(REPO)), *url, "--out", out])
     heat_share(args.url, masked, line)
     page_screenshot(args.url, masked, OUT / "page.jpg")
     return 0
