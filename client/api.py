@@ -267,6 +267,8 @@ class MsdeClient:
             except requests.Timeout:
                 raise ServerDown(f"{_origin(url)} did not answer within {self.timeout:g} s"
                                  ) from None
+            except requests.RequestException as exc:  # a malformed URL, a broken answer
+                raise ServerDown(f"request to {url} failed: {exc}") from None
             if r.status_code not in RETRY_STATUSES or attempt == self.retries:
                 return r
             delay = _retry_delay(r, self.backoff * 2**attempt)

@@ -127,10 +127,9 @@ def requested_target(raw: dict[str, Any], labels: Sequence[str]) -> str | None:
     value: Any = raw.get("target")
     body = raw.get("body")
     if value is None and isinstance(body, (bytes, bytearray, str)):
-        text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else body
-        if text[:64].lstrip().startswith("{"):
+        if body[:64].lstrip()[:1] in (b"{", "{"):  # a JSON object sent without its type
             try:
-                body = json.loads(text)
+                body = json.loads(body)
             except (ValueError, RecursionError):
                 return None  # the pipeline answers the bad JSON itself
     if value is None and isinstance(body, dict):
@@ -187,7 +186,7 @@ class Explainer:
         answered = self.pipeline.run([inputs[i] for i in todo], timings, keep_images=True)
         for i, outcome in zip(todo, answered):
             outcomes[i] = outcome
-        done = [o for o in outcomes if o is not None]
+        done = [o for o in outcomes if o is not None]  # every request has its outcome now
         self._add_heatmaps(done, targets)
         return done
 
@@ -254,7 +253,6 @@ class Explainer:
                 png=encode_png(gray),
             )
         return out
-
 
 
 def _answers(body: dict[str, Any]) -> list[dict[str, Any]]:
