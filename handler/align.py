@@ -121,11 +121,15 @@ def face_input(image: np.ndarray, detection: Detection, spec: InputSpec) -> np.n
     a ready-made face crop: it is resized as it is, not re-cropped.
     """
     c, h, w = spec.input_size
-    crop = spec.crop
-    if detection.keypoints is None and detection == whole_image_detection(image):
-        crop = WHOLE_IMAGE_CROP
-    face = align_face(image, detection, (h, w), crop)
+    face = align_face(image, detection, (h, w), face_crop(image, detection, spec.crop))
     return to_model_input(face, c, spec.mean, spec.std)
+
+
+def face_crop(image: np.ndarray, detection: Detection, crop: CropSpec) -> CropSpec:
+    """The crop ``face_input`` applies to this detection (explanations map heat back with it)."""
+    if detection.keypoints is None and detection == whole_image_detection(image):
+        return WHOLE_IMAGE_CROP
+    return crop
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

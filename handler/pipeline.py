@@ -90,6 +90,8 @@ class RequestOutcome:
     body: dict[str, Any]
     error: InputError | None = None
     faces: list[dict[str, Any]] = field(default_factory=list)
+    # the decoded images and their detections, in answer order (``run(keep_images=True)``)
+    images: list[tuple[np.ndarray, list[Detection]]] = field(default_factory=list)
 
 
 @dataclass
@@ -135,7 +137,10 @@ class Pipeline:
         return out
 
     def run(
-        self, inputs: Sequence[dict[str, Any]], timings: Timings | None = None
+        self,
+        inputs: Sequence[dict[str, Any]],
+        timings: Timings | None = None,
+        keep_images: bool = False,
     ) -> list[RequestOutcome]:
         timings = timings if timings is not None else Timings()
         parsed = self.parse(inputs)
@@ -182,7 +187,8 @@ class Pipeline:
             else:
                 body = predictions[0].model_dump(mode="json")
             faces = [f.model_dump(mode="json") for p in predictions for f in p.faces]
-            outcomes.append(RequestOutcome(200, body, faces=faces))
+            kept = [(img.array, img.detections) for img in per_request[r]] if keep_images else []
+            outcomes.append(RequestOutcome(200, body, faces=faces, images=kept))
         return outcomes
 
     def _forward(

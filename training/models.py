@@ -61,6 +61,18 @@ class Student(nn.Module):
     def embed(self, x: Tensor) -> Tensor:
         return F.adaptive_avg_pool2d(self.feature_map(x), 1).flatten(1)
 
+    @torch.jit.export
+    def cam_features(self, x: Tensor) -> Tensor:
+        """The map ``cam_layer()`` outputs, exported because scripted modules take no hooks:
+        the served student's Grad-CAM (``handler.explain``) reads it through this method."""
+        return self.feature_map(x)
+
+    @torch.jit.export
+    def expression_from_features(self, fmap: Tensor) -> Tensor:
+        """Expression logits from a ``cam_features`` map: the part of the network Grad-CAM
+        differentiates, callable on a detached map so the served weights need no gradients."""
+        return self.expression_head(fmap, F.adaptive_avg_pool2d(fmap, 1).flatten(1))
+
 
 class ResNet18Student(Student):
     """ResNet-18 (BasicBlock [2, 2, 2, 2]) with a configurable base width.
