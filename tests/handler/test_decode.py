@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from handler.decode import DecodeLimits, InputError, decode_image, parse_request
-from tests.imaging import encode
+from testkit.imaging import encode
 
 
 def _img(h: int = 40, w: int = 60) -> np.ndarray:

@@ -13,7 +13,7 @@ from handler.faces import Detection
 from handler.contract import Calibration, read_metadata
 from handler.pipeline import Pipeline, ServingConfig
 from handler.schema import json_schema
-from tests.imaging import encode
+from testkit.imaging import encode
 
 SCHEMA = json_schema()
 
