@@ -517,6 +517,8 @@ def _exif_transposed(img: Image.Image) -> tuple[Image.Image, bool]:
     """The image as the camera meant it, and whether that swapped width and height."""
     try:
         orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1))
+        if orientation not in range(2, 9):  # upright: no transposed copy of the pixels
+            return img, False
         return ImageOps.exif_transpose(img), orientation in (5, 6, 7, 8)
     except Exception as exc:  # malformed EXIF: keep the pixels as stored
         LOG.debug("EXIF ignored (%s)", type(exc).__name__)
