@@ -346,10 +346,13 @@ def render(result: dict[str, Any]) -> str:
     if mem:
         out.append("\n### Worst-case memory (`bench/memory.py`)\n")
         out.append(_md_table(
-            ["workers", "idle worker RSS MiB", "peak worker RSS MiB", "frontend peak MiB",
-             "total peak MiB", f"under {mem['limit_mib']} MiB with 25% margin"],
-            [[mem["workers"], mem["idle_worker_rss_mib"], mem["peak_worker_rss_mib"],
-              mem["frontend_peak_rss_mib"], mem["total_peak_rss_mib"],
+            ["workers", "worker RSS idle -> peak MiB", "worker PSS idle -> peak MiB",
+             "frontend peak RSS MiB", "pod peak RSS / PSS MiB",
+             f"PSS under {mem['limit_mib']} MiB with 25% margin"],
+            [[mem["workers"], f"{mem['idle_worker_rss_mib']} -> {mem['peak_worker_rss_mib']}",
+              f"{mem['idle_worker_pss_mib']} -> {mem['peak_worker_pss_mib']}",
+              mem["frontend_peak_rss_mib"],
+              f"{mem['total_peak_rss_mib']} / {mem['total_peak_pss_mib']}",
               "yes" if mem["within_limit_with_margin"] else "**no**"]]))
         out.append("\nAnswers: " + "; ".join(f"`{k}`: {v}" for k, v in mem["answers"].items())
                    + f". Limits: {mem['limits']}.")

@@ -110,6 +110,17 @@ def png_bomb(w: int, h: int) -> bytes:
             + png_chunk(b"IDAT", zlib.compress(b"\x00" * 65536, 9)) + png_chunk(b"IEND", b""))
 
 
+def flat_png(w: int, h: int) -> bytes:
+    """A valid, fully decodable black w x h RGB PNG: a few hundred KB that decode to
+    w * h * 3 bytes (the heaviest body per byte the pixel limits admit)."""
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (1 + 3 * w)  # filter byte + pixels
+    idat = b"".join(packer.compress(row) for _ in range(h)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat)
+            + png_chunk(b"IEND", b""))
+
+
 def jpeg_declaring(w: int, h: int) -> bytes:
     """A small real JPEG whose frame header (SOF0) is patched to claim w x h pixels."""
     data = bytearray(jpeg(16, 16))
