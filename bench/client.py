@@ -23,6 +23,15 @@ from urllib.parse import urlsplit
 from bench.cpu import CpuMeter, CpuUse
 
 
+@dataclass(frozen=True)
+class Payload:
+    """One request body the clients send, and the name its answers are counted under."""
+
+    body: bytes
+    content_type: str = "image/jpeg"
+    name: str = "photo"
+
+
 @dataclass
 class Window:
     """What one measured window ended with."""
@@ -35,6 +44,10 @@ class Window:
     abandoned: int = 0  # still in flight ``grace`` seconds after the window
     faces: int = 0
     cpu: CpuUse | None = None
+    by_payload: dict[str, collections.Counter[int]] = field(
+        default_factory=lambda: collections.defaultdict(collections.Counter))
+    payload_latencies: dict[str, list[float]] = field(
+        default_factory=lambda: collections.defaultdict(list))
 
     def quantile(self, q: float) -> float:
         lat = sorted(self.latencies)
@@ -60,13 +73,12 @@ class Window:
 
 def closed_loop(
     url: str,
-    payloads: Sequence[bytes],
+    payloads: Sequence[Payload],
     *,
     concurrency: int,
     seconds: float,
     warmup: float = 2.0,
     faces_in: Callable[[Any], int],
-    content_type: str = "image/jpeg",
     grace: float = 30.0,
 ) -> Window:
     """Run the loop for ``warmup + seconds``; return the measured window.
@@ -87,12 +99,12 @@ def closed_loop(
                                                          timeout=120)
         i = index
         while time.monotonic() < end:
-            body = payloads[i % len(payloads)]
+            payload = payloads[i % len(payloads)]
             i += 1
             t0 = time.monotonic()
             try:
-                conn.request("POST", parts.path, body=body,
-                             headers={"Content-Type": content_type})
+                conn.request("POST", parts.path, body=payload.body,
+                             headers={"Content-Type": payload.content_type})
                 resp = conn.getresponse()
                 data = resp.read()
                 status = resp.status
@@ -111,6 +123,8 @@ def closed_loop(
                     window.statuses[status] += 1
                     window.latencies.append(t1 - t0)
                     window.faces += faces
+                    window.by_payload[payload.name][status] += 1
+                    window.payload_latencies[payload.name].append(t1 - t0)
         conn.close()
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True)

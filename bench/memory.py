@@ -40,6 +40,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.client import Payload, closed_loop  # noqa: E402
 from handler.pipeline import ServingConfig  # noqa: E402
 from testkit.corpus import flat_png  # noqa: E402
 from testkit.imaging import encode  # noqa: E402
@@ -168,36 +169,11 @@ def run_memory_bench(mar: Path, workdir: Path, *, seconds: float = 20.0,
             requests.post(url, data=photo, timeout=60).raise_for_status()
         sampler = MemorySampler(served)
         idle = sampler.snapshot()
-        statuses: dict[str, collections.Counter[int]] = {k: collections.Counter() for k in bodies}
-        latencies: dict[str, list[float]] = {k: [] for k in bodies}
-        lock = threading.Lock()
-        end = time.monotonic() + seconds
-
-        def client(i: int) -> None:
-            names = list(bodies)
-            k = i
-            while time.monotonic() < end:
-                name = names[k % len(names)]
-                k += 1
-                t0 = time.monotonic()
-                try:
-                    r = requests.post(url, data=bodies[name], timeout=180,
-                                      headers={"Content-Type": "application/json"
-                                               if name.startswith(("kserve", "issue"))
-                                               else "image/jpeg"})
-                    status = r.status_code
-                except requests.RequestException:
-                    status = -1
-                with lock:
-                    statuses[name][status] += 1
-                    latencies[name].append(time.monotonic() - t0)
-
+        payloads = [Payload(body, "image/jpeg" if name.startswith("jpeg") else
+                            "application/json", name) for name, body in bodies.items()]
         with sampler:
-            threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            window = closed_loop(url, payloads, concurrency=clients, seconds=seconds,
+                                 warmup=0.0, faces_in=lambda _: 0, grace=240.0)
         after = requests.post(url, data=photo, timeout=60).status_code
         settled = sampler.snapshot()
     finally:
@@ -225,9 +201,10 @@ def run_memory_bench(mar: Path, workdir: Path, *, seconds: float = 20.0,
         "limit_mib": limit_mib,
         "margin": margin,
         "within_limit_with_margin": total_pss <= (1 - margin) * limit_mib * MIB,
-        "answers": {k: dict(v) for k, v in statuses.items()},
-        "median_latency_s": {k: round(float(np.median(v)), 2) for k, v in latencies.items()
-                             if v},
+        "answers": {k: dict(v) for k, v in window.by_payload.items()},
+        "median_latency_s": {k: round(float(np.median(v)), 2)
+                             for k, v in window.payload_latencies.items() if v},
+        "abandoned": window.abandoned,
         "photo_after_status": after,
     }
     return result

@@ -47,7 +47,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.client import Window, closed_loop  # noqa: E402
+from bench.client import Payload, Window, closed_loop  # noqa: E402
 from bench.cpu import idle_foreign_load  # noqa: E402
 from bench.memory import run_memory_bench  # noqa: E402
 from bench.peer import MODEL_NAME as PEER_NAME  # noqa: E402
@@ -156,13 +156,14 @@ def archive_serving_config(mar: Path) -> dict[str, Any]:
 
 
 # -- servers ---------------------------------------------------------------------------
-def start_msde(mar: Path, workdir: Path, photo: bytes) -> tuple[ServedModel, float]:
+def start_msde(mar: Path, workdir: Path, photo: Payload) -> tuple[ServedModel, float]:
     """Start and time command -> first 200 (the cold start)."""
     t0 = time.monotonic()
     served = start_server(mar.parent, workdir, archive=mar.name, wait_ready=False)
     while True:
         try:
-            if requests.post(served.predictions_url(), data=photo, timeout=30).status_code == 200:
+            answer = requests.post(served.predictions_url(), data=photo.body, timeout=30)
+            if answer.status_code == 200:
                 return served, time.monotonic() - t0
         except requests.RequestException:
             pass
@@ -213,7 +214,7 @@ def peer_faces(body: Any) -> int:
     return 1
 
 
-def measure(server: Server, payloads: list[bytes], c: int, seconds: float) -> Window:
+def measure(server: Server, payloads: list[Payload], c: int, seconds: float) -> Window:
     w = closed_loop(server.served.predictions_url(), payloads, concurrency=c, seconds=seconds,
                     faces_in=server.faces_in)
     server.windows.setdefault(c, []).append(w)
@@ -226,7 +227,8 @@ def measure(server: Server, payloads: list[bytes], c: int, seconds: float) -> Wi
 
 
 def search(label: str, configs: tuple[ServeConfig, ...], start: Any, faces_in: Any,
-           payloads: list[bytes], seconds: float, levels: tuple[int, ...]) -> list[dict[str, Any]]:
+           payloads: list[Payload], seconds: float, levels: tuple[int, ...]
+           ) -> list[dict[str, Any]]:
     """Each configuration once at ``levels``; rows for the tuning table."""
     rows = []
     for cfg in configs:
@@ -422,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"refused: the machine is busy ({idle.foreign:.2f} cores used by other programs; "
               f"limit {args.max_foreign}). Rerun when it is quiet, or pass --allow-busy.")
         return 3
-    photos = [encode(p, "JPEG", quality=90) for p in one_face_photos(20)]
+    photos = [Payload(encode(p, "JPEG", quality=90)) for p in one_face_photos(20)]
     levels = tuple(sorted(set(args.concurrency)))
     with tempfile.TemporaryDirectory(prefix="msde-bench-") as tmp:
         root = Path(tmp)
@@ -432,10 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         meta = student_metadata(model_dir)
         pipeline = load_serving(model_dir)
         torch.set_num_threads(pipeline.config.threads)
-        decoded = [np.asarray(Image.open(io.BytesIO(p)).convert("RGB")) for p in photos]
+        decoded = [np.asarray(Image.open(io.BytesIO(p.body)).convert("RGB")) for p in photos]
         faces = face_batch(pipeline, decoded)
         forward = forward_variants(pipeline.model, meta, faces, reps=100)
-        stages = pipeline_stages(pipeline, photos, reps=60)
+        stages = pipeline_stages(pipeline, [p.body for p in photos], reps=60)
         LOG.info("student forward %s; stages %s", forward, stages)
         del pipeline
         # 3: the peer and its best configuration

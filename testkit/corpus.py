@@ -317,6 +317,9 @@ def reject_cases() -> list[RejectCase]:
                    400, "undecodable_image"),
         RejectCase("kserve_too_many_instances",
                    as_json({"instances": [{"data": b64(good)}] * 17}), 413, "too_many_images"),
+        RejectCase("kserve_over_the_pixel_budget",  # issue #13: 16 x 39.6 MP, refused unread
+                   as_json({"instances": [{"data": b64(png_bomb(6000, 6600))}] * 16}), 413,
+                   "too_many_pixels"),
         RejectCase("multipart_detect_not_boolean",
                    Request(files=(("data", "photo.jpg", good, "image/jpeg"),
                                   ("detect", None, b"perhaps", None))), 400, "bad_request"),
