@@ -31,8 +31,8 @@ def one_face_photos(count: int = 20, size: tuple[int, int] = (640, 480),
     """``count`` RGB photos of ``size`` (w, h), each holding one of the two faces.
 
     The photo is scaled so that its long side is 60-100% of the canvas height, mirrored
-    every other time and placed at a random offset on a blurred, darkened copy of itself
-    (a plausible background without a second face in it).
+    every other time and placed at a random offset on a grainy gradient between two of its
+    own colours (a plausible background with no face-like blob in it).
     """
     rng = np.random.default_rng(seed)
     w, h = size
@@ -42,8 +42,10 @@ def one_face_photos(count: int = 20, size: tuple[int, int] = (640, 480),
         src = sources[i % len(sources)]
         if (i // len(sources)) % 2:
             src = np.ascontiguousarray(src[:, ::-1])
-        canvas = cv2.GaussianBlur(cv2.resize(src, (w, h), interpolation=cv2.INTER_AREA),
-                                  (0, 0), 25) // 2
+        top, bottom = src[0, 0].astype(np.float32), src[-1, -1].astype(np.float32)
+        ramp = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+        grain = rng.normal(0.0, 6.0, (h, w, 3)).astype(np.float32)
+        canvas = np.clip(top + (bottom - top) * ramp + grain, 0, 255).astype(np.uint8)
         scale = float(rng.uniform(0.6, 1.0)) * h / max(src.shape[:2])
         sw, sh = int(src.shape[1] * scale), int(src.shape[0] * scale)
         face = cv2.resize(src, (sw, sh), interpolation=cv2.INTER_AREA)
