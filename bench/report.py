@@ -90,7 +90,7 @@ def render(result: dict[str, Any]) -> str:
 
 
 def render_tuning(rows: list[dict[str, Any]], date: str) -> str:
-    levels = [k for k in rows[0] if k.startswith("c")]
+    levels = [k for k in rows[0] if k[0] == "c" and k[1:].isdigit()]
     header = ["configuration"] + [f"{k[1:]}: faces/s, p50/p99 ms, CPU" for k in levels]
     body = [[r["config"]] + [f"{r[k]['faces_per_s']}, {r[k]['p50_ms']}/{r[k]['p99_ms']}, "
                              f"{100 * r[k]['cpu']['busy_fraction']:.0f}%" for k in levels]
@@ -107,6 +107,8 @@ def replace_block(text: str, name: str, content: str) -> str:
 
 
 def write_docs(result: dict[str, Any], tuning: list[dict[str, Any]] | None) -> None:
+    # the figures first, so that a rendering bug never loses a run
+    JSON_DOC.write_text(json.dumps(result | {"tuning": tuning}, indent=1) + "\n")
     text = DOC.read_text() if DOC.exists() else "# Performance\n"
     text = replace_block(text, "results", render(result))
     previous = json.loads(JSON_DOC.read_text()) if JSON_DOC.exists() else {}
