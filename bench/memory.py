@@ -182,7 +182,7 @@ def run_memory_bench(mar: Path, workdir: Path, *, seconds: float = 20.0,
     total_rss = sum(sampler.peak_rss.values()) + sampler.frontend_peak_rss
     total_pss = sum(sampler.peak_pss.values()) + sampler.frontend_peak_pss
     result = {
-        "archive": str(mar),
+        "archive": mar.name,
         "workers": len(idle),
         "clients": clients,
         "seconds": seconds,
