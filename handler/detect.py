@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -41,6 +42,9 @@ from handler.contract import CropSpec
 LOG = logging.getLogger(__name__)
 
 ModelName = Literal["front", "back"]
+# An onnxruntime execution provider: its name, or (name, options).
+Provider = str | tuple[str, dict[str, Any]]
+CPU_PROVIDERS: tuple[Provider, ...] = ("CPUExecutionProvider",)
 
 MODEL_FILES: dict[str, str] = {
     "front": "face_detection_front_128x128_barracuda.onnx",
@@ -340,14 +344,14 @@ class _Pyramid:
 class _BlazeFace:
     """One ONNX BlazeFace model: square RGB uint8 in, candidates in input pixels out."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, providers: Sequence[Provider]) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3  # the exported graphs carry unused initialisers; quiet
         self.session = ort.InferenceSession(
-            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+            str(path), sess_options=opts, providers=list(providers)
         )
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
@@ -432,7 +436,10 @@ class FaceDetector:
         config: DetectorConfig | None = None,
         *,
         threads: int = 1,
+        providers: Sequence[Provider] = CPU_PROVIDERS,
     ) -> None:
+        """``providers``: onnxruntime execution providers in order of preference (the
+        serving handler passes CUDA's first when the worker has a GPU)."""
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.config = config or DetectorConfig()
@@ -442,7 +449,7 @@ class FaceDetector:
             path = model_dir / MODEL_FILES[name]
             if not path.is_file():
                 raise FileNotFoundError(f"detector model {name!r} not found: {path}")
-            self._models[name] = _BlazeFace(path, threads)
+            self._models[name] = _BlazeFace(path, threads, providers)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """All faces in an RGB uint8 image (H, W, 3), best first, in its pixel coordinates."""

@@ -197,8 +197,8 @@ class Explainer:
                 continue
             faces = [
                 _Face(r, j, k, det.score)
-                for j, (_, dets) in enumerate(outcome.images)
-                for k, det in enumerate(dets)
+                for j, kept in enumerate(outcome.images)
+                for k, det in enumerate(kept.detections)
             ]
             picked += sorted(faces, key=lambda f: -f.score)[: self.max_faces]
         heatmaps = self._heatmaps(outcomes, targets, picked)
@@ -228,13 +228,13 @@ class Explainer:
         _, in_h, in_w = spec.input_size
         rows, classes, geometry = [], [], []
         for f in picked:
-            image, dets = outcomes[f.outcome].images[f.image]
-            det = dets[f.face]
+            kept = outcomes[f.outcome].images[f.image]
+            image, det = kept.array, kept.detections[f.face]
             face = _answers(outcomes[f.outcome].body)[f.image]["faces"][f.face]
             target = targets[f.outcome] or _top_expression(face)
             rows.append(face_input(image, det, spec))
             classes.append(labels.index(target))
-            geometry.append((image, det, target))
+            geometry.append((image, det, target, kept.scale))
         chunk = self.pipeline.config.max_faces_per_batch
         batch = torch.from_numpy(np.stack(rows))
         cams = np.concatenate([
@@ -242,9 +242,10 @@ class Explainer:
             for s in range(0, len(rows), chunk)
         ])
         out: dict[tuple[int, int, int], Heatmap] = {}
-        for f, cam, (image, det, target) in zip(picked, cams, geometry):
+        for f, cam, (image, det, target, (sx, sy)) in zip(picked, cams, geometry):
             matrix = crop_matrix(det, (in_h, in_w), face_crop(image, det, spec.crop))
-            box, gray = heatmap_image(cam, matrix, (in_h, in_w), image.shape[:2])
+            (x1, y1, x2, y2), gray = heatmap_image(cam, matrix, (in_h, in_w), image.shape[:2])
+            box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)  # into the client's pixels
             out[(f.outcome, f.image, f.face)] = Heatmap(
                 target=target,
                 box=tuple(round(v, 1) for v in box),  # type: ignore[arg-type]

@@ -18,6 +18,7 @@ import torch
 from pydantic import ValidationError
 
 from handler.contract import METADATA_FILE, ModelMetadata
+from handler.device import CPU, Placement, placement_for
 from handler.explain import Explainer
 from handler.pipeline import Pipeline, RequestOutcome, ServingConfig, Timings
 
@@ -45,21 +46,23 @@ class MsdeHandler:
         except ValidationError as exc:
             raise ValueError(f"invalid 'handler:' section in model-config.yaml: {exc}") from None
         torch.set_num_threads(config.threads)
-        self.pipeline = load_pipeline(model_dir, config)
+        placement = placement_for(context.system_properties)
+        self.pipeline = load_pipeline(model_dir, config, placement)
         self.explainer = Explainer(self.pipeline)
         self.metrics = getattr(context, "metrics", None)
         meta = self.pipeline.metadata
         self._emit("msde_model_info", 1, [meta.version, meta.architecture])
         self.warm_up()
         self.initialized = True
-        LOG.info("msde %s (%s) ready; config %s", meta.version, meta.architecture, config)
+        LOG.info("msde %s (%s) ready on %s; config %s", meta.version, meta.architecture,
+                 placement.torch_device, config)
 
     def warm_up(self) -> None:
         """One forward pass at load, so the first client does not pay for lazy init."""
         assert self.pipeline is not None
         c, h, w = self.pipeline.spec.input_size
         with torch.inference_mode():
-            self.pipeline.model(torch.zeros(1, c, h, w))
+            self.pipeline.model(torch.zeros(1, c, h, w, device=self.pipeline.device))
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
         """Answer a TorchServe batch; predictions and explanations can share one batch.
@@ -165,12 +168,16 @@ def _metric_type(name: str) -> Any:
     return MetricTypes.COUNTER
 
 
-def load_pipeline(model_dir: Path, config: ServingConfig) -> Pipeline:
-    """Student (TorchScript only, never pickle) + metadata + detector from an unpacked archive."""
+def load_pipeline(
+    model_dir: Path, config: ServingConfig, placement: Placement = CPU
+) -> Pipeline:
+    """Student (TorchScript only, never pickle) + metadata + detector from an unpacked archive,
+    placed where ``placement`` says."""
     from handler.detect import DetectorConfig, FaceDetector
 
     extra = {METADATA_FILE: ""}
-    model = torch.jit.load(str(model_dir / STUDENT_FILE), map_location="cpu", _extra_files=extra)
+    model = torch.jit.load(str(model_dir / STUDENT_FILE), map_location=placement.torch_device,
+                           _extra_files=extra)
     model.eval()
     if not extra[METADATA_FILE]:
         raise ValueError(f"{STUDENT_FILE} has no embedded {METADATA_FILE}")
@@ -179,5 +186,6 @@ def load_pipeline(model_dir: Path, config: ServingConfig) -> Pipeline:
         det_config = DetectorConfig.model_validate(config.detector)
     except ValidationError as exc:
         raise ValueError(f"invalid 'handler.detector' in model-config.yaml: {exc}") from None
-    detector = FaceDetector(model_dir / DETECTOR_DIR, det_config, threads=config.threads)
-    return Pipeline(model, metadata, detector, config)
+    detector = FaceDetector(model_dir / DETECTOR_DIR, det_config, threads=config.threads,
+                            providers=placement.detector_providers)
+    return Pipeline(model, metadata, detector, config, device=placement.torch_device)

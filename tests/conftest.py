@@ -9,11 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import yaml
-from PIL import Image
 
-from handler.contract import ModelMetadata
+from testkit import photos
+from testkit.student import save_tiny_student
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,53 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     """skimage's astronaut (Eileen Collins, NASA, public domain): one smiling face."""
-    from skimage import data
-
-    return np.ascontiguousarray(data.astronaut())
+    return photos.astronaut()
 
 
 @pytest.fixture(scope="session")
 def grace_hopper() -> np.ndarray:
     """matplotlib's grace_hopper.jpg (US Navy photo, public domain): one face."""
-    from matplotlib import cbook
-
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
-        return np.asarray(Image.open(f).convert("RGB"))
-
-
-class TinyStudent(torch.nn.Module):
-    """Smallest network with the student contract, for plumbing tests only."""
-
-    def __init__(self, channels: int = 1) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(channels, 8, 3, stride=2, padding=1)
-        self.expression = torch.nn.Linear(8, 7)
-        self.mask = torch.nn.Linear(8, 2)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = torch.relu(self.conv(x)).mean(dim=(2, 3))
-        return self.expression(f), self.mask(f)
-
-
-def tiny_metadata(**overrides: object) -> ModelMetadata:
-    fields: dict[str, object] = dict(
-        version="0.0.1-test",
-        architecture="tiny-test",
-        input_size=(1, 32, 32),
-        mean=[0.5],
-        std=[0.5],
-        trained_on="nothing: random weights for plumbing tests",
-    )
-    fields.update(overrides)
-    return ModelMetadata(**fields)  # type: ignore[arg-type]
-
-
-def save_tiny_student(path: Path, metadata: ModelMetadata | None = None) -> Path:
-    torch.manual_seed(0)
-    meta = metadata or tiny_metadata()
-    model = torch.jit.script(TinyStudent(meta.input_size[0]).eval())
-    torch.jit.save(model, str(path), _extra_files={"metadata.json": meta.to_json()})
-    return path
+    return photos.grace_hopper()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import torch
 
 from handler.pipeline import Pipeline
 from handler.contract import read_metadata
-from tests.imaging import encode
+from testkit.imaging import encode
 from training.data import FaceRecord, PairedFaceDataset
 
 

@@ -75,7 +75,7 @@ def heat_share(url: str, masked: Path, line: float) -> None:
 
 def page_screenshot(url: str, photo: Path, out: Path) -> None:
     from client.ui import in_background, serve
-    from tests.e2e.headless_chromium import Browser
+    from testkit.headless_chromium import Browser
 
     with (in_background(serve(url, port=0)) as server,
           tempfile.TemporaryDirectory(prefix="msde-chromium-") as profile):

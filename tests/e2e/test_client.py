@@ -14,9 +14,9 @@ from PIL import Image
 
 from client.cli import main
 from client.draw import MASK_COLOURS
-from tests.e2e.server import REPO, ServedModel, free_port
+from testkit.server import REPO, ServedModel, free_port
 from tests.e2e.test_serve import ASTRONAUT_FACE, HOPPER_FACE, _center_inside
-from tests.imaging import encode
+from testkit.imaging import encode
 
 pytestmark = pytest.mark.e2e
 

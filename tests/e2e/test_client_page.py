@@ -12,10 +12,10 @@ from PIL import Image
 
 from client.draw import MASK_COLOURS
 from client.ui import in_background, serve
-from tests.e2e.headless_chromium import Browser
-from tests.e2e.server import ServedModel
+from testkit.headless_chromium import Browser
+from testkit.server import ServedModel
 from tests.e2e.test_serve import ASTRONAUT_FACE, _center_inside
-from tests.imaging import encode
+from testkit.imaging import encode
 
 pytestmark = pytest.mark.e2e
 

@@ -15,10 +15,10 @@ import requests
 from client.api import MsdeClient
 from client.draw import heat_on_image
 from handler.schema import ExplanationResponse, json_schema
-from tests.e2e.server import ServedModel
+from testkit.server import ServedModel
 from tests.e2e.test_metrics import delta, scrape
 from tests.e2e.test_serve import ASTRONAUT_FACE, _center_inside
-from tests.imaging import encode
+from testkit.imaging import encode
 from training.masks import ASTRONAUT_KEYPOINTS, render_mask
 
 pytestmark = pytest.mark.e2e

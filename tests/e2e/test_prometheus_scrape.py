@@ -18,8 +18,8 @@ import pytest
 import requests
 import yaml
 
-from tests.e2e.server import ServedModel, free_port
-from tests.imaging import encode
+from testkit.server import ServedModel, free_port
+from testkit.imaging import encode
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,8 @@ from handler.faces import Detection
 from handler.msde_handler import MsdeHandler
 from handler.pipeline import Pipeline
 from handler.schema import ExplanationResponse, json_schema
-from tests.imaging import encode
+from testkit.context import FakeContext
+from testkit.imaging import encode
 from training.models import STUDENTS, cam_target_layer, create_student, default_input_spec
 
 SCHEMA = json_schema()
@@ -223,32 +224,15 @@ def test_student_without_cam_methods_answers_501(tiny_student_pt: Path) -> None:
     jsonschema.validate(outcomes[0].body, SCHEMA)
 
 
-class FakeContext:
-    """What MsdeHandler.handle reads from TorchServe's Context: headers in, statuses out."""
-
-    def __init__(self, explain: list[bool]) -> None:
-        self.explain = explain
-        self.status: dict[int, int] = {}
-
-    def get_request_header(self, idx: int, key: str) -> str | None:
-        return str(self.explain[idx]) if key == "explain" else None
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        assert value == "application/json"
-
-    def set_response_status(self, code: int, phrase: str, idx: int) -> None:
-        self.status[idx] = code
-
-
 def test_handler_answers_predictions_and_explanations_of_one_batch(served: Served) -> None:
     handler = MsdeHandler()
     handler.explainer = _explainer(served)
     handler.pipeline = handler.explainer.pipeline
-    context = FakeContext([False, True, True, False])
+    context = FakeContext(explain=[False, True, True, False])
     data: list[dict[str, Any]] = [{"body": _photo(0)}, {"body": _photo(1)},
                                   {"body": b"garbage"}, {"body": _photo(2)}]
     answers = [json.loads(a) for a in handler.handle(data, context)]
-    assert context.status == {2: 400}
+    assert context.statuses == {2: 400}
     assert "heatmap" not in answers[0]["faces"][0] and "heatmap" not in answers[3]["faces"][0]
     assert answers[1]["faces"][0]["heatmap"]["png"]
     assert answers[2]["error"]["code"] == "undecodable_image"

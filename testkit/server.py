@@ -1,5 +1,8 @@
 """Start and stop a real TorchServe on free loopback ports, for end-to-end tests and benches.
 
+Any archive can be served (the benchmark serves the stock ``image_classifier`` beside ours),
+by any Python that has TorchServe installed (the stock handler's own virtual environment).
+
 Each server gets its own temp dir (TMPDIR too: TorchServe keeps its pid file there, and two
 servers sharing one refuse to start), binds only to 127.0.0.1 and is stopped by SIGTERM to
 its whole process group (launcher and JVM), then SIGKILL if it does not stop in time.
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 METRICS_YAML = REPO / "deploy" / "metrics.yaml"
 
 
@@ -93,7 +96,8 @@ class ServedModel:
 
 
 def write_config(
-    workdir: Path, model_store: Path, ports: tuple[int, int, int], extra: dict[str, str]
+    workdir: Path, model_store: Path, ports: tuple[int, int, int], extra: dict[str, str],
+    *, models: str = "msde=msde.mar",
 ) -> Path:
     inference, management, metrics = ports
     props = {
@@ -103,7 +107,7 @@ def write_config(
         "metrics_mode": "prometheus",
         "metrics_config": str(METRICS_YAML),
         "model_store": str(model_store),
-        "load_models": "msde=msde.mar",
+        "load_models": models,
         "disable_token_authorization": "true",
         "enable_model_api": "false",
         "install_py_dep_per_model": "false",
@@ -126,23 +130,30 @@ def start_server(
     workdir: Path,
     *,
     model_name: str = "msde",
+    archive: str = "msde.mar",
     extra_config: dict[str, str] | None = None,
     ready_timeout: float = 240.0,
     wait_ready: bool = True,
+    python: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> ServedModel:
+    """TorchServe serving ``model_store/archive`` as ``model_name``, run by ``python``
+    (default: this interpreter); ``env`` is added to the server's environment (workers
+    inherit it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports = (free_port(), free_port(), free_port())
-    config = write_config(workdir, model_store, ports, extra_config or {})
+    models = f"{model_name}={archive}"
+    config = write_config(workdir, model_store, ports, extra_config or {}, models=models)
     log_dir = workdir / "logs"
     tmp = workdir / "tmp"
     log_dir.mkdir(exist_ok=True)
     tmp.mkdir(exist_ok=True)
     env = dict(os.environ, TMPDIR=str(tmp), LOG_LOCATION=str(log_dir),
-               METRICS_LOCATION=str(log_dir), TS_DISABLE_SYSTEM_METRICS="true")
-    launcher = Path(sys.executable).with_name("torchserve")
-    cmd = [str(launcher), "--start", "--foreground", "--ncs", "--ts-config", str(config),
-           "--model-store", str(model_store), "--models", f"{model_name}=msde.mar",
-           "--disable-token-auth"]
+               METRICS_LOCATION=str(log_dir), TS_DISABLE_SYSTEM_METRICS="true", **(env or {}))
+    # the launcher hands its own interpreter to the JVM, which starts the workers with it
+    cmd = [str(python or sys.executable), "-m", "ts.model_server", "--start", "--foreground",
+           "--ncs", "--ts-config", str(config), "--model-store", str(model_store),
+           "--models", models, "--disable-token-auth"]
     with (workdir / "stdout.log").open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)

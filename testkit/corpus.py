@@ -110,6 +110,17 @@ def png_bomb(w: int, h: int) -> bytes:
             + png_chunk(b"IDAT", zlib.compress(b"\x00" * 65536, 9)) + png_chunk(b"IEND", b""))
 
 
+def flat_png(w: int, h: int) -> bytes:
+    """A valid, fully decodable black w x h RGB PNG: a few hundred KB that decode to
+    w * h * 3 bytes (the heaviest body per byte the pixel limits admit)."""
+    packer = zlib.compressobj(9)
+    row = b"\x00" * (1 + 3 * w)  # filter byte + pixels
+    idat = b"".join(packer.compress(row) for _ in range(h)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat)
+            + png_chunk(b"IEND", b""))
+
+
 def jpeg_declaring(w: int, h: int) -> bytes:
     """A small real JPEG whose frame header (SOF0) is patched to claim w x h pixels."""
     data = bytearray(jpeg(16, 16))
@@ -306,6 +317,9 @@ def reject_cases() -> list[RejectCase]:
                    400, "undecodable_image"),
         RejectCase("kserve_too_many_instances",
                    as_json({"instances": [{"data": b64(good)}] * 17}), 413, "too_many_images"),
+        RejectCase("kserve_over_the_pixel_budget",  # issue #13: 16 x 39.6 MP, refused unread
+                   as_json({"instances": [{"data": b64(png_bomb(6000, 6600))}] * 16}), 413,
+                   "too_many_pixels"),
         RejectCase("multipart_detect_not_boolean",
                    Request(files=(("data", "photo.jpg", good, "image/jpeg"),
                                   ("detect", None, b"perhaps", None))), 400, "bad_request"),
