@@ -5,10 +5,12 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 MAR := model_store/msde.mar
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-slow model archive assets bench benchmark fuzz audit schema clean help
+.PHONY: serve test test-slow model archive assets bench benchmark fuzz audit schema clean help \
+	lock
 
 help:
 	@echo "make serve   build the default model if missing, serve it on 127.0.0.1:8080-8082"
@@ -19,11 +21,15 @@ help:
 	@echo "make benchmark  the paradigms benchmark on synthetic faces (docs/benchmark.md)"
 	@echo "make fuzz    longer fuzzing of decode/preprocess"
 	@echo "make audit   pip-audit of the locked environment"
+	@echo "make lock    re-resolve requirements.lock after editing pyproject's dependencies"
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# A fresh venv with exactly the locked versions (the lock as constraints; the check fails
+# on anything else). Rebuilt whenever pyproject.toml or the lock changes.
+$(STAMP): pyproject.toml $(LOCK)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e ".[test]"
+	$(VPY) -m pip install -q -c $(LOCK) -e ".[test]"
+	$(VPY) tools/lockfile.py check-installed --skip msde
 	touch $@
 
 serve: $(STAMP) $(MAR)
@@ -62,6 +68,9 @@ fuzz: $(STAMP)
 
 audit: $(STAMP)
 	bash tools/audit.sh
+
+lock:
+	$(PYTHON) tools/lockfile.py compile
 
 schema: $(STAMP)
 	$(VPY) -m handler.schema > docs/response.schema.json
