@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from tests.deploy.tooling import REPO
+from tests.deploy.tooling import REPO, load_script
 
-
-def load_lockfile() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("msde_lockfile", REPO / "tools" / "lockfile.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-lockfile = load_lockfile()
+lockfile = load_script(REPO / "tools" / "lockfile.py")
 # the platform the lock is resolved for (tools/lockfile.py PLATFORM / PYTHON)
 LOCKED_FOR = default_environment() | {"sys_platform": "linux", "platform_system": "Linux",
                                       "platform_machine": "x86_64", "python_version": "3.11"}

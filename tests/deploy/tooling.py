@@ -8,12 +8,14 @@ would pass silently in CI.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -49,6 +51,16 @@ def tool(name: str) -> str:
     if found is None:
         pytest.fail(f"{name} not found: {INSTALL_HINT.get(name, 'install it')}")
     return found
+
+
+def load_script(path: Path) -> ModuleType:
+    """A stand-alone script (deploy/, tools/: no package) imported for its functions."""
+    spec = importlib.util.spec_from_file_location(f"msde_{path.stem}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
 def run(cmd: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
