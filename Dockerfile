@@ -24,7 +24,8 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------- builder --
 FROM ${PYTHON_IMAGE} AS builder
-ARG MAR=model_store/msde.mar
+# (each ARG is declared just before its first use: a build argument in scope is part of the
+# cache key of every later RUN, and the venv layer should not be rebuilt for a new archive)
 ARG VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Empty: the lock's torch. A builder that cannot reach that build may name another one
@@ -57,19 +58,13 @@ RUN --mount=type=secret,id=pip_cert \
 assert (torch.version.cuda is not None) == cuda and (cuda or '+cpu' in torch.__version__), \
 torch.__version__; print('torch', torch.__version__)" "${VARIANT}"
 
+ARG MAR=model_store/msde.mar
 COPY ${MAR} /opt/msde/model_store/msde.mar
 RUN /opt/venv/bin/python -c "import json, sys, zipfile; m = json.loads(zipfile.ZipFile(sys.argv[1]).read('MAR-INF/MANIFEST.json')); h = m['model']['handler']; print('archive', m['model']['modelName'], m['model']['modelVersion'], 'handler', h)" /opt/msde/model_store/msde.mar
 
 # ---------------------------------------------------------------------------- runtime --
 FROM ${PYTHON_IMAGE} AS runtime
 ARG MSDE_UID=10001
-ARG VERSION=unversioned
-ARG VARIANT=cpu
-LABEL org.opencontainers.image.title="msde" \
-      org.opencontainers.image.description="Masked facial-expression recognition on TorchServe" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.licenses="MIT" \
-      io.msde.variant="${VARIANT}"
 
 # Java 17 for TorchServe's frontend; iproute2 (ss) lets the entrypoint see in-flight
 # requests while it drains. (man1 must exist for the JRE's postinst on slim images.) Debian
@@ -82,6 +77,14 @@ RUN mkdir -p /usr/share/man/man1 \
     && useradd --uid "${MSDE_UID}" --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin msde \
     && install -d -o "${MSDE_UID}" -g "${MSDE_UID}" -m 0750 /var/lib/msde
+
+ARG VERSION=unversioned
+ARG VARIANT=cpu
+LABEL org.opencontainers.image.title="msde" \
+      org.opencontainers.image.description="Masked facial-expression recognition on TorchServe" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="MIT" \
+      io.msde.variant="${VARIANT}"
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/msde/model_store /app/model_store

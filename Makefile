@@ -85,7 +85,7 @@ audit: $(STAMP)
 image: $(IMAGE_MAR)
 	bash tools/image.sh build --tag $(IMAGE_TAG) --mar $(IMAGE_MAR) --variant $(VARIANT)
 
-image-test: image
+image-test: image $(STAMP)
 	MSDE_IMAGE=$(IMAGE_TAG) $(VPY) -m pytest -m image tests/deploy/test_image.py $(PYTEST_ARGS)
 
 $(SCALED_MAR): | $(STAMP)
