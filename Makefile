@@ -5,10 +5,21 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
 MAR := model_store/msde.mar
 PYTEST_ARGS ?=
+# One version names a release: pyproject.toml's. The model, its archive and the image tag
+# carry it (tests/deploy/test_version.py).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= msde
+VARIANT ?= cpu
+# the archive the image serves: the real model, or the scaled-down one for a quick check
+SCALED_MAR := model_store/msde-scaled.mar
+IMAGE_MAR ?= $(MAR)
+IMAGE_TAG ?= $(IMAGE):$(VERSION)$(if $(filter cuda,$(VARIANT)),-cuda)$(if $(filter $(SCALED_MAR),$(IMAGE_MAR)),-scaled)
 
-.PHONY: serve test test-slow model archive assets bench bench-memory bench-detector benchmark fuzz audit schema clean help
+.PHONY: serve test test-slow model archive assets bench bench-memory bench-detector benchmark \
+	fuzz audit schema clean help image image-test lock
 
 help:
 	@echo "make serve   build the default model if missing, serve it on 127.0.0.1:8080-8082"
@@ -19,11 +30,17 @@ help:
 	@echo "make benchmark  the paradigms benchmark on synthetic faces (docs/benchmark.md)"
 	@echo "make fuzz    longer fuzzing of decode/preprocess"
 	@echo "make audit   pip-audit of the locked environment"
+	@echo "make image   build the serving image $(IMAGE):$(VERSION) (VARIANT=cuda for GPUs)"
+	@echo "make image-test  run that image as deployed and check it (before every release)"
+	@echo "make lock    re-resolve requirements.lock after editing pyproject's dependencies"
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# A fresh venv with exactly the locked versions (the lock as constraints; the check fails
+# on anything else). Rebuilt whenever pyproject.toml or the lock changes.
+$(STAMP): pyproject.toml $(LOCK)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e ".[test]"
+	$(VPY) -m pip install -q -c $(LOCK) -e ".[test]"
+	$(VPY) tools/lockfile.py check-installed --skip msde
 	touch $@
 
 serve: $(STAMP) $(MAR)
@@ -44,7 +61,7 @@ assets: $(STAMP)
 
 test: $(STAMP)
 	bash tools/install_system_deps.sh
-	$(VPY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VPY) -m pytest -m "not slow and not image" $(PYTEST_ARGS)
 
 # tests that rebuild big things (the full face pool); not part of `make test`
 test-slow: $(STAMP)
@@ -73,8 +90,22 @@ fuzz: $(STAMP)
 audit: $(STAMP)
 	bash tools/audit.sh
 
+# The serving image (tools/image.sh: base image, CA secret, torch source) and its check as
+# deployed (tests/deploy/test_image.py). Needs a running Docker engine.
+image: $(IMAGE_MAR)
+	bash tools/image.sh build --tag $(IMAGE_TAG) --mar $(IMAGE_MAR) --variant $(VARIANT)
+
+image-test: image $(STAMP)
+	MSDE_IMAGE=$(IMAGE_TAG) $(VPY) -m pytest -m image tests/deploy/test_image.py $(PYTEST_ARGS)
+
+$(SCALED_MAR): | $(STAMP)
+	PYTHONPATH=. $(VPY) tools/scaled_archive.py $@
+
+lock:
+	$(PYTHON) tools/lockfile.py compile
+
 schema: $(STAMP)
 	$(VPY) -m handler.schema > docs/response.schema.json
 
 clean:
-	rm -rf model_store/build $(MAR) logs .pytest_cache
+	rm -rf model_store/build $(MAR) $(SCALED_MAR) logs .pytest_cache

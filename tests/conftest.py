@@ -45,7 +45,7 @@ def serving_test_config(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def scaled_down_build(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The default-model recipe on few faces and steps; its archive is what e2e serves."""
-    from tests.scaled_model import build_scaled_down
+    from testkit.scaled_model import build_scaled_down
 
     root = tmp_path_factory.mktemp("store")
     return build_scaled_down(root / "model_store", root / "build",

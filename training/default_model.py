@@ -37,11 +37,12 @@ from handler.align import face_input
 from handler.faces import Detection
 from handler.contract import EXPRESSION_LABELS, MASK_LABELS, InputSpec, ModelMetadata
 from handler.postprocess import calibrated_probs, softmax
+from training import __version__
 from training.assets import REPO_ROOT
 from training.data.dataset import Augmentation, augment_pair
 
 LOG = logging.getLogger(__name__)
-VERSION = "1.0.0"
+VERSION = __version__
 CONTEXT_FACE_SIDE = 96  # face box side (px) of the cached context crops
 # the training package's pair augmentation, geometry only (the detector's own wobble + flip)
 VIEW_AUGMENTATION = Augmentation(

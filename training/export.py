@@ -27,6 +27,7 @@ from handler.contract import (
     ModelMetadata,
     read_metadata,
 )
+from training import __version__
 from training.models import create_student, default_input_spec, student_from_checkpoint
 
 LOG = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrained", type=Path, default=None,
                         help="with --student: weights on disk to initialise it from")
     parser.add_argument("--out", type=Path, required=True, help="TorchScript file to write")
-    parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--version", default=__version__)
     parser.add_argument("--trained-on", default=None, help="default: from the checkpoint config")
     parser.add_argument("--calibration", type=Path, default=None,
                         help="calibration.json (handler.contract.Calibration)")
