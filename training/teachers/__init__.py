@@ -32,12 +32,12 @@ class TeacherSpec:
     """What a caller needs to feed a teacher and read its answer."""
 
     name: str
-    asset: str  # training.assets name holding the weights
+    asset: str | None  # training.assets name holding the weights (None: the ensemble)
     licence: str
     trained_on: str  # as its publisher states it
     input_spec: InputSpec
     labels: tuple[str, ...]  # the teacher's own output order
-    build: Callable[[Path], nn.Module]  # asset folder -> module with native-order logits
+    build: Callable[[Path | None], nn.Module]  # asset folder -> module, native-order logits
 
     @property
     def to_msde(self) -> tuple[int, ...]:
@@ -115,6 +115,42 @@ TEACHERS: dict[str, TeacherSpec] = {
         ),
     ]
 }
+PORTED: tuple[str, ...] = tuple(TEACHERS)  # the single-network teachers
+
+
+def _build_ensemble() -> nn.Module:
+    from training.teachers.ensemble import EnsembleTeacher, load_fit
+
+    fit = load_fit({m: TEACHERS[m].input_spec for m in PORTED})
+    voting = [i for i, w in enumerate(fit.weights) if w > 0]
+    return EnsembleTeacher(
+        [load_teacher(fit.members[i]) for i in voting],
+        [TEACHERS[fit.members[i]].input_spec for i in voting],
+        [fit.temperatures[i] for i in voting],
+        [fit.weights[i] for i in voting],
+    )
+
+
+def register_ensemble() -> None:
+    """Add ``TEACHERS["ensemble"]`` from the saved fit (``training/teachers/ensemble.json``)."""
+    from training.teachers.ensemble import FIT_PATH, ensemble_input_spec, load_fit
+
+    if not FIT_PATH.exists():
+        return
+    fit = load_fit({m: TEACHERS[m].input_spec for m in PORTED})
+    voting = [m for m, w in zip(fit.members, fit.weights) if w > 0]
+    TEACHERS["ensemble"] = TeacherSpec(
+        name="ensemble",
+        asset=None,
+        licence="MIT (every member's)",
+        trained_on="its members': " + ", ".join(voting),
+        input_spec=ensemble_input_spec([TEACHERS[m].input_spec for m in voting]),
+        labels=EXPRESSION_LABELS,
+        build=lambda root: _build_ensemble(),
+    )
+
+
+register_ensemble()
 
 
 def load_teacher(name: str, asset_root: Path | None = None) -> nn.Module:
@@ -126,10 +162,11 @@ def load_teacher(name: str, asset_root: Path | None = None) -> nn.Module:
     if name not in TEACHERS:
         raise KeyError(f"unknown teacher {name!r}; known: {', '.join(sorted(TEACHERS))}")
     spec = TEACHERS[name]
-    if asset_root is None:
+    if asset_root is None and spec.asset is not None:
         from training.assets import fetch
 
         asset_root = fetch(spec.asset)
-    teacher = MsdeOrderTeacher(spec.build(Path(asset_root)), spec.to_msde)
+    teacher = MsdeOrderTeacher(spec.build(None if asset_root is None else Path(asset_root)),
+                               spec.to_msde)
     teacher.requires_grad_(False)
     return teacher.eval()
