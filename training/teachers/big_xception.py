@@ -17,12 +17,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch.nn.functional as F
-from torch import Tensor, nn
-
 from handler.contract import CropSpec, InputSpec
-from training.teachers.fer_xception import FER_LABELS, XceptionBlock
-from training.teachers.keras_hdf5 import keras_bn, load_keras_weights
+from training.teachers.fer_xception import FER_LABELS, MiniXception
+from training.teachers.keras_hdf5 import load_keras_weights
 
 LOG = logging.getLogger(__name__)
 
@@ -35,36 +32,16 @@ BIG_XCEPTION_INPUT_SPEC = InputSpec(
     std=(0.5,),
     crop=CropSpec(scale=1.2, shift_y=0.0, rotate=True),
 )
-STEM_WIDTHS = (32, 64)
-BLOCK_WIDTHS = (128, 256)
+STEM_WIDTHS: tuple[int, int] = (32, 64)
+BLOCK_WIDTHS: tuple[int, ...] = (128, 256)
 
 
-class BigXception(nn.Module):
+class BigXception(MiniXception):
     """``features``: [N, 256, 8, 8] for a 64x64 input; ``classify``: 3x3 conv + GAP (logits)."""
 
     def __init__(self, num_classes: int = len(FER_LABELS), in_channels: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, STEM_WIDTHS[0], 3, stride=2, bias=False)
-        self.bn1 = keras_bn(STEM_WIDTHS[0])
-        self.conv2 = nn.Conv2d(STEM_WIDTHS[0], STEM_WIDTHS[1], 3, bias=False)
-        self.bn2 = keras_bn(STEM_WIDTHS[1])
-        self.blocks = nn.Sequential(
-            XceptionBlock(STEM_WIDTHS[1], BLOCK_WIDTHS[0]),
-            XceptionBlock(BLOCK_WIDTHS[0], BLOCK_WIDTHS[1], pre_activation=True),
-        )
-        self.feature_channels: int = BLOCK_WIDTHS[-1]
-        self.classifier = nn.Conv2d(self.feature_channels, num_classes, 3, padding=1)
-
-    def features(self, x: Tensor) -> Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        return self.blocks(x)
-
-    def classify(self, feats: Tensor) -> Tensor:
-        return self.classifier(feats).mean(dim=(2, 3))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classify(self.features(x))
+        super().__init__(num_classes, in_channels, stem_widths=STEM_WIDTHS, stem_stride=2,
+                         block_widths=BLOCK_WIDTHS, pre_activation_from=1)
 
 
 # module path -> Keras layer name (the original's own names)

@@ -143,12 +143,14 @@ def save_fit(fit: EnsembleFit, specs: Mapping[str, InputSpec], path: Path = FIT_
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def load_fit(specs: Mapping[str, InputSpec], path: Path = FIT_PATH) -> EnsembleFit:
-    """The saved fit; fails if a member's input spec changed since it was fitted."""
+def load_fit(
+    specs: Mapping[str, InputSpec], path: Path = FIT_PATH, *, check: bool = True
+) -> EnsembleFit:
+    """The saved fit; fails (``check``) if a member's input spec changed since it was fitted."""
     record = json.loads(Path(path).read_text())
     stale = [m for m in record["members"]
              if InputSpec.model_validate(record["input_specs"][m]) != specs.get(m)]
-    if stale:
+    if stale and check:
         raise ValueError(f"{path}: fitted with other input specs for {stale}; refit with "
                          "python -m training.teachers.report fit")
     record.pop("input_specs")

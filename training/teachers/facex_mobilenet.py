@@ -48,7 +48,7 @@ FACEX_INPUT_SPEC = InputSpec(
     input_size=(1, INPUT_SIZE, INPUT_SIZE),
     mean=(0.0,),
     std=(1.0,),
-    crop=CropSpec(scale=1.0, shift_y=0.0, rotate=True),
+    crop=CropSpec(scale=1.5, shift_y=-0.1, rotate=True),
 )
 # MobileNetV2 inverted residual stages: (expansion, output channels, repeats, first stride)
 STAGES: tuple[tuple[int, int, int, int], ...] = (

