@@ -30,7 +30,7 @@ BIG_XCEPTION_INPUT_SPEC = InputSpec(
     input_size=(1, 64, 64),
     mean=(0.5,),
     std=(0.5,),
-    crop=CropSpec(scale=1.2, shift_y=0.0, rotate=True),
+    crop=CropSpec(scale=1.3, shift_y=-0.1, rotate=True),
 )
 STEM_WIDTHS: tuple[int, int] = (32, 64)
 BLOCK_WIDTHS: tuple[int, ...] = (128, 256)
