@@ -11,7 +11,8 @@ special-case an architecture:
 * ``torch.jit.script``-able (checked by the tests and by ``msde-export``).
 
 Nothing here downloads weights: torchvision constructors are called with ``weights=None``
-and ``pretrained`` is always a file on disk (see ``load_pretrained``).
+and ``pretrained`` is always a file on disk (see ``load_pretrained``: a fer ``.hdf5`` or the
+facex ``.tflite`` seeds the student built on that teacher).
 """
 
 from __future__ import annotations
@@ -206,6 +207,54 @@ class MiniXceptionStudent(Student):
         self.net.load_state_dict(load_fer_teacher(hdf5_path).state_dict())
 
 
+class FacexMobileNetV2Student(Student):
+    """The facex teacher's MobileNetV2 (``training.teachers.facex_mobilenet``) + a mask head.
+
+    A trunk that already knows faces and expressions, run at a reduced input size (the
+    teacher's 200 px is too slow for the 5 ms target): every layer is size-agnostic except
+    the teacher's dense head, which reads a 6x6 map, so the head adaptively pools the
+    trunk's map (4x4 at 112 px) to 6x6 first. Loading the teacher's weights gives a student
+    that answers like the teacher shown the same face at the lower resolution.
+    """
+
+    def __init__(self, *, in_channels: int = 1, num_classes: int = NUM_EXPRESSIONS) -> None:
+        super().__init__()
+        from training.teachers.facex_mobilenet import (
+            FACEX_LABELS,
+            FACEX_TO_MSDE,
+            HEAD_GRID,
+            FacexMobileNetV2,
+        )
+
+        if num_classes != len(FACEX_LABELS):
+            raise ValueError(f"facex_mobilenetv2 keeps the facex classifier: "
+                             f"{len(FACEX_LABELS)} classes, got {num_classes}")
+        self.net = FacexMobileNetV2(in_channels=in_channels)
+        self.head_grid = HEAD_GRID
+        self.register_buffer(
+            "facex_to_msde", torch.tensor(FACEX_TO_MSDE, dtype=torch.long), persistent=False
+        )
+        self.embed_dim = self.net.feature_channels
+        self.mask_head = nn.Linear(self.embed_dim, NUM_MASK_STATES)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.net.features(x)
+
+    def expression_head(self, fmap: Tensor, embedding: Tensor) -> Tensor:
+        grid = F.adaptive_avg_pool2d(fmap, self.head_grid)
+        return self.net.classify(grid).index_select(1, self.facex_to_msde)
+
+    def cam_layer(self) -> nn.Module:
+        return self.net.head
+
+    def load_teacher_weights(self, tflite_path: Path | None = None) -> None:
+        """Copy the facex teacher's weights (the .tflite on disk) into the trunk and head."""
+        from training.teachers.facex_mobilenet import load_facex_teacher
+
+        teacher = load_facex_teacher(tflite_path, in_channels=self.net.stem.conv.in_channels)
+        self.net.load_state_dict(teacher.state_dict())
+
+
 _IMAGENET_SPEC = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, crop=CropSpec())
 
 _BUILDERS: dict[str, Callable[[int, int], Student]] = {
@@ -213,7 +262,11 @@ _BUILDERS: dict[str, Callable[[int, int], Student]] = {
     "resnet18_narrow": lambda c, k: ResNet18Student(width=16, in_channels=c, num_classes=k),
     "mobilenet_v3_small": lambda c, k: MobileNetV3SmallStudent(in_channels=c, num_classes=k),
     "mini_xception": lambda c, k: MiniXceptionStudent(in_channels=c, num_classes=k),
+    "facex_mobilenetv2": lambda c, k: FacexMobileNetV2Student(in_channels=c, num_classes=k),
 }
+# facex_mobilenetv2's input side: speed against agreement with the ensemble, measured by
+# python -m training.teachers.report students (docs/teachers.md)
+FACEX_STUDENT_SIZE = 128
 
 _DEFAULT_SPECS: dict[str, InputSpec] = {
     "resnet18": InputSpec(input_size=(3, 112, 112), **_IMAGENET_SPEC),
@@ -229,13 +282,20 @@ def default_input_spec(name: str) -> InputSpec:
     """The input contract a student is built for (size, normalisation, crop).
 
     mini_xception takes the fer teacher's contract (64x64 gray on [-1, 1], fer's crop), so
-    teacher weights see the inputs they were trained on.
+    teacher weights see the inputs they were trained on; facex_mobilenetv2 takes facex's
+    (grey on [0, 1], facex's crop) at ``FACEX_STUDENT_SIZE``.
     """
     _check_name(name)
     if name == "mini_xception":
         from training.teachers.fer_xception import FER_INPUT_SPEC
 
         return FER_INPUT_SPEC
+    if name == "facex_mobilenetv2":
+        from training.teachers.facex_mobilenet import FACEX_INPUT_SPEC
+
+        c = FACEX_INPUT_SPEC.input_size[0]
+        return FACEX_INPUT_SPEC.model_copy(
+            update={"input_size": (c, FACEX_STUDENT_SIZE, FACEX_STUDENT_SIZE)})
     return _DEFAULT_SPECS[name]
 
 
@@ -277,6 +337,12 @@ def load_pretrained(student: Student, path: Path) -> None:
             raise ValueError(f"{path} is a Keras fer model; only mini_xception can load it")
         student.load_teacher_weights(path)
         LOG.info("initialised mini_xception from fer teacher weights %s", path)
+        return
+    if path.suffix.lower() == ".tflite":
+        if not isinstance(student, FacexMobileNetV2Student):
+            raise ValueError(f"{path} is the facex TFLite model; only facex_mobilenetv2 loads it")
+        student.load_teacher_weights(path)
+        LOG.info("initialised facex_mobilenetv2 from facex teacher weights %s", path)
         return
     state = _state_dict_from_file(path)
     own = student.state_dict()
