@@ -1,12 +1,13 @@
-"""Build the served masked-face detector: a pruned BlazeFace distilled from the full one.
+"""Build the masked-face detector: BlazeFace "back" distilled to find masked faces.
 
 Why: the registry's BlazeFace "back" model misses ~20 % of masked faces in one pass, and
-the multi-pass detector that recovers them costs 3x-4x the 5 ms budget per 640x480
-image. The student here is the same network with the residual blocks of its two
-highest-resolution stages removed (``SKIP_BLOCKS``: ~half the multiply-adds, and run at
-256x192 for a 640x480 photo instead of a letterboxed 256x256), started from the teacher's
-own weights and trained to give, on a masked face, the teacher's answer for the same face
-bare (``training.detector.data``). Deterministic: fixed seeds, fixed thread count.
+the multi-pass detector that recovers them costs 3x-4x a single pass. The student starts
+from the teacher's own weights and learns to give, on a masked face, the teacher's answer
+for the same face bare (``training.detector.data``): its score logits, boxes and keypoints
+and, so that the network changes where the mask is seen, its feature maps after ``TAPS``.
+``DistillConfig.skip`` leaves residual blocks out of the student (a cheaper network;
+measured in docs/detector.md: it needs far more training than the default build has).
+Deterministic: fixed seeds, fixed thread count.
 
 ``python -m training.detector.distill`` builds (or finds) the detector folder the archive
 ships: the registry's two models, its licence, the built ``MODEL_FILE`` and
@@ -41,8 +42,6 @@ from training.detector.data import HELD_OUT_SOURCES, MaskablePhoto, make_canvas,
 LOG = logging.getLogger(__name__)
 
 MODEL_FILE = MODEL_FILES["masked"]
-# the 7 blocks at 1/2 resolution and every other one at 1/4 (stride-2 blocks stay)
-SKIP_BLOCKS: tuple[int, ...] = (*range(0, 7), 8, 10, 12, 14)
 # the student's feature maps after these (registry) blocks are taught the teacher's on the
 # bare view: the first maps after the pruned stages, where the student must catch up
 TAPS: tuple[int, ...] = (15, 23)
@@ -52,12 +51,13 @@ SIDE = 160  # training canvas side (both nets are fully convolutional; faces 10-
 
 @dataclass(frozen=True)
 class DistillConfig:
-    steps: int = 300
+    steps: int = 100
     batch: int = 8
-    lr: float = 5e-4
+    lr: float = 1e-4
     seed: int = 0
     threads: int = 2
     positive: float = 0.05  # teacher score above which an anchor's regression is learnt
+    skip: tuple[int, ...] = ()  # registry blocks left out of the student (cheaper, see docs)
 
 
 def teacher_session(teacher_path: Path, threads: int) -> ort.InferenceSession:
@@ -119,7 +119,7 @@ def distill(photos: Sequence[MaskablePhoto], teacher_path: Path, cfg: DistillCon
     torch.set_num_threads(cfg.threads)
     session = teacher_session(teacher_path, cfg.threads)
     # channels-last: ~1.5x faster depthwise convolutions on the CPU
-    student = load_onnx(teacher_path, SKIP_BLOCKS).train().to(memory_format=torch.channels_last)
+    student = load_onnx(teacher_path, cfg.skip).train().to(memory_format=torch.channels_last)
     student.stem.requires_grad_(False)  # generic edges; its weight gradient costs a lot
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
@@ -164,7 +164,6 @@ def build(out_dir: Path, photos: Sequence[MaskablePhoto], cfg: DistillConfig) ->
         "model": MODEL_FILE,
         "teacher": f"{MODEL_FILES['back']} of the registry package in {registry.name}/ "
                    "(Apache-2.0, LICENSE beside this file); the student is derived from it",
-        "skipped_blocks": list(SKIP_BLOCKS),
         "feature_taps": list(TAPS),
         "config": asdict(cfg),
         "photos": len(photos),
