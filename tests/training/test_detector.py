@@ -130,3 +130,24 @@ def test_scaled_down_build_is_deterministic_and_serves(
     faces = detector.detect(astronaut)
     assert faces and all(0 <= f.box[0] < f.box[2] <= 512 and 0 <= f.box[1] < f.box[3] <= 512
                          for f in faces)
+
+
+def test_detector_folder_is_built_once_and_then_found(
+    astronaut_photo: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.face_pool as face_pool
+
+    monkeypatch.setattr(face_pool, "build_pool", lambda **_: [astronaut_photo])
+    monkeypatch.setattr(face_pool, "load_rgb", lambda f: f.image)
+    cfg = distill.DistillConfig(steps=1, batch=1, threads=1)
+    first = distill.detector_models(cfg, tmp_path)
+    assert (first / MODEL_FILES["masked"]).is_file() and (first / "LICENSE").is_file()
+
+    def no_build(*_: object) -> None:
+        raise AssertionError("a cached detector must not be rebuilt")
+
+    monkeypatch.setattr(distill, "build", no_build)
+    assert distill.detector_models(cfg, tmp_path) == first
+    other = distill.DistillConfig(steps=2, batch=1, threads=1)
+    with pytest.raises(AssertionError, match="rebuilt"):
+        distill.detector_models(other, tmp_path)  # another recipe is another model
