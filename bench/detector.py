@@ -70,8 +70,11 @@ PRESETS: dict[str, DetectorConfig] = {
     # one upright pass plus close-up verification of weak candidates
     "fast": DetectorConfig(models=("back",), rotations=(0.0,)),
     "default": DetectorConfig(),
-    # the distilled masked-face model (training.detector), one upright pass: what is served
+    # the fine-tuned masked-face model (training.detector): one upright pass; with the
+    # close-up verification; in the default's three rotated passes
     "masked": DetectorConfig(models=("masked",), rotations=(0.0,), candidate_threshold=0.5),
+    "masked-verify": DetectorConfig(models=("masked",), rotations=(0.0,)),
+    "masked-3pass": DetectorConfig(models=("masked",), rotation_models=("masked",)),
     "thorough": DetectorConfig(
         models=("front", "back"),
         rotations=(0.0, -30.0, 30.0, -60.0, 60.0),
