@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -57,7 +57,7 @@ def flip_detection(detection: Detection, width: int) -> Detection:
     if kp is not None:
         kp = np.asarray(kp, dtype=np.float32)[_MIRROR].copy()
         kp[:, 0] = width - kp[:, 0]
-    return Detection(box=(width - x2, y1, width - x1, y2), score=detection.score, keypoints=kp)
+    return replace(detection, box=(width - x2, y1, width - x1, y2), keypoints=kp)
 
 
 def _similarity(centre: np.ndarray, degrees: float, scale: float, shift: np.ndarray) -> np.ndarray:
@@ -76,7 +76,7 @@ def _move_detection(detection: Detection, m: np.ndarray) -> Detection:
     if kp is not None:
         kp = (np.asarray(kp, np.float64) @ m[:, :2].T + m[:, 2]).astype(np.float32)
     box = (centre[0] - hw, centre[1] - hh, centre[0] + hw, centre[1] + hh)
-    return Detection(box=tuple(float(v) for v in box), score=detection.score, keypoints=kp)
+    return replace(detection, box=tuple(float(v) for v in box), keypoints=kp)
 
 
 def augment_pair(
