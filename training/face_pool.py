@@ -40,13 +40,14 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageOps
 
 from handler.align import align_face, roll_angle
 from handler.detect import DetectorConfig, FaceDetector, iou_matrix
 from handler.faces import Detection
 from handler.contract import CropSpec
 from training.assets import ASSETS, REPO_ROOT, fetch
+from training.contact_sheet import contact_sheet, write_sheet
 
 LOG = logging.getLogger(__name__)
 
@@ -756,26 +757,20 @@ def summary(faces: Sequence[PoolFace]) -> list[dict[str, Any]]:
     return out
 
 
-def contact_sheet(
+def pool_sheet(
     faces: Sequence[PoolFace], *, tile: int = 64, columns: int = 20, labels: bool = False
-) -> Image.Image:
+) -> np.ndarray:
     """Aligned crops (the default ``CropSpec``) in a grid, optionally captioned by identity."""
     if not faces:
         raise ValueError("no faces to draw")
-    caption = 12 if labels else 0
-    rows = math.ceil(len(faces) / columns)
-    sheet = Image.new("RGB", (columns * tile, rows * (tile + caption)), "white")
-    draw = ImageDraw.Draw(sheet)
+    tiles = []
     cache: dict[Path, np.ndarray] = {}
-    for i, face in enumerate(faces):
+    for face in faces:
         if face.image_path not in cache:
             cache = {face.image_path: load_rgb(face)}  # faces of one image are adjacent
-        crop = align_face(cache[face.image_path], face.detection, (tile, tile), CropSpec())
-        x, y = (i % columns) * tile, (i // columns) * (tile + caption)
-        sheet.paste(Image.fromarray(crop), (x, y))
-        if labels:
-            draw.text((x + 1, y + tile), face.identity.split("/")[-1][:11], fill="black")
-    return sheet
+        tiles.append(align_face(cache[face.image_path], face.detection, (tile, tile), CropSpec()))
+    captions = [f.identity.split("/")[-1][:11] for f in faces] if labels else None
+    return contact_sheet(tiles, columns=columns, captions=captions)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -817,8 +812,8 @@ def main(argv: list[str] | None = None) -> int:
         per_id = Counter(f.identity for f in faces)
         print(f"total: {len(faces)} faces, {len(per_id)} identities")
         return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    contact_sheet(faces, tile=args.tile, columns=args.columns, labels=args.labels).save(args.out)
+    write_sheet(pool_sheet(faces, tile=args.tile, columns=args.columns, labels=args.labels),
+                args.out)
     print(f"{args.out}: {len(faces)} faces of {len({f.identity for f in faces})} people")
     return 0
 

@@ -200,9 +200,10 @@ def test_videos_are_sampled_about_once_a_second_and_short_clips_ten_times() -> N
 
 def test_contact_sheet_has_one_tile_per_face(small_pool: tuple[Path, list[PoolFace]]) -> None:
     _, faces = small_pool
-    sheet = face_pool.contact_sheet(faces[:7], tile=32, columns=5)
-    assert sheet.size == (5 * 32, 2 * 32)
-    assert np.asarray(sheet)[:32, :32].std() > 10  # a face, not the white background
+    sheet = face_pool.pool_sheet(faces[:7], tile=32, columns=5)
+    assert sheet.shape == (2 * 32, 5 * 32, 3)
+    assert sheet[:32, :32].std() > 10  # a face, not the white background
+    assert (sheet[32:, 2 * 32:] == 255).all()  # row 2 holds 2 faces, then background
 
 
 @pytest.mark.slow
