@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from handler.align import align_face, roll_angle
 from handler.detect import DetectorConfig, FaceDetector, iou_matrix
@@ -48,6 +48,7 @@ from handler.faces import Detection
 from handler.contract import CropSpec
 from training.assets import ASSETS, REPO_ROOT, fetch
 from training.contact_sheet import contact_sheet, write_sheet
+from training.data.images import as_served, read_rgb
 
 LOG = logging.getLogger(__name__)
 
@@ -381,20 +382,6 @@ SOURCES: dict[str, Source] = {
 # ---------------------------------------------------------------- image math (pure)
 
 
-def to_rgb(image: np.ndarray) -> np.ndarray:
-    """Grey (H, W) / (H, W, 1), RGB or RGBA, uint8 or float in [0, 1] -> RGB uint8 (H, W, 3)."""
-    a = np.asarray(image)
-    if a.dtype != np.uint8:
-        a = (np.clip(a.astype(np.float64), 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    elif a.shape[2] == 4:
-        a = a[..., :3]
-    return np.ascontiguousarray(a)
-
-
 def prepare(image: np.ndarray, shot: Shot) -> np.ndarray:
     """What the detector sees for a shot: the region cut out, then upscaled (bicubic)."""
     out = image
@@ -501,12 +488,6 @@ def cap_per_identity(faces: Sequence[PoolFace], limit: int) -> list[PoolFace]:
 # ---------------------------------------------------------------- reading sources
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """A photo as RGB uint8, turned upright by its EXIF orientation (grey becomes RGB)."""
-    with Image.open(path) as im:
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-
-
 def _read_bundled(spec: str) -> np.ndarray:
     """Images that come with installed libraries (scikit-image, matplotlib)."""
     library, name = spec.split(":", 1)
@@ -514,13 +495,13 @@ def _read_bundled(spec: str) -> np.ndarray:
         from skimage import data
 
         if name.startswith("lfw_subset/"):
-            return to_rgb(data.lfw_subset()[int(name.split("/")[1])])
-        return to_rgb(getattr(data, name)())
+            return as_served(data.lfw_subset()[int(name.split("/")[1])])
+        return as_served(getattr(data, name)())
     if library == "matplotlib":
         from matplotlib import cbook
 
         with cbook.get_sample_data(name) as f:
-            return _read_image(Path(f.name))
+            return read_rgb(Path(f.name))
     raise ValueError(f"unknown bundled image {spec!r}")
 
 
@@ -543,7 +524,7 @@ def _frames(shot: Shot, root: Path | None) -> Iterator[tuple[str, np.ndarray]]:
     assert root is not None
     path = root / shot.path
     if not shot.is_video:
-        yield shot.stem, _read_image(path)
+        yield shot.stem, read_rgb(path)
         return
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
@@ -727,8 +708,7 @@ def build_pool(
 
 def load_rgb(face: PoolFace) -> np.ndarray:
     """The RGB uint8 image (H, W, 3) that ``face.detection`` refers to."""
-    with Image.open(face.image_path) as im:
-        return np.asarray(im.convert("RGB"))
+    return read_rgb(face.image_path)
 
 
 # ---------------------------------------------------------------- reports
