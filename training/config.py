@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from training.data import DataConfig
+from training.data.splits import SplitKind
 from training.models import STUDENTS
 
 Paradigm = Literal["baseline", "contrastive", "distill"]
@@ -37,7 +38,7 @@ class TrainConfig(BaseModel):
         None, ge=16, description="square input side; default: the student's own"
     )
     data: DataConfig = Field(default_factory=lambda: DataConfig(layout="synthetic"))
-    split: Literal["fixed", "kfold", "predefined"] = "fixed"
+    split: SplitKind = "fixed"
     folds: int = Field(10, ge=2)
     fold: int = Field(0, ge=0)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)

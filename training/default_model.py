@@ -109,7 +109,7 @@ def context_crop(image: np.ndarray, det: Detection) -> tuple[np.ndarray, Detecti
 
 
 def prepare_faces(pool: list[Any], recipe: Recipe, progress: bool) -> list[Face]:
-    from training.face_pool import load_rgb
+    from training.data.face_pool import load_rgb
     from training.masks import render_mask
 
     faces = []
@@ -395,7 +395,7 @@ def build(recipe: Recipe, out_dir: Path, workdir: Path, *, progress: bool = True
     from training.archive import build_archive
     from training.calibrate import fit_calibration
     from training.export import export_student
-    from training.face_pool import build_pool
+    from training.data.face_pool import build_pool
     from training.models import default_input_spec
 
     t0 = time.perf_counter()

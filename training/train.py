@@ -40,14 +40,8 @@ from tqdm import tqdm
 from handler.contract import InputSpec, read_metadata
 from training import losses
 from training.config import TrainConfig, parse_config, save_config
-from training.data import (
-    FaceRecord,
-    PairedFaceDataset,
-    fixed_split,
-    load_records,
-    predefined_split,
-    subject_kfold,
-)
+from training.data import FaceRecord, PairedFaceDataset, load_records, split_records
+from training.evaluate.run import evaluate_model
 from training.models import (
     NUM_EXPRESSIONS,
     Student,
@@ -120,30 +114,6 @@ def seed_everything(seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-
-def split_records(records: list[FaceRecord], cfg: TrainConfig) -> Splits:
-    """Subject-independent train / val / test indices as the config asks.
-
-    k-fold: the fold's test subjects are held out; validation subjects are carved out of
-    the remaining ones (``val_fraction``), so model selection never sees the test fold.
-    """
-    if cfg.split == "fixed":
-        return Splits(*fixed_split(records, cfg.val_fraction, cfg.test_fraction, cfg.seed))
-    if cfg.split == "predefined":
-        return Splits(*predefined_split(records))
-    train_val, test = subject_kfold(records, cfg.folds, cfg.seed)[cfg.fold]
-    inner_train, inner_val, _ = fixed_split(
-        [records[i] for i in train_val], cfg.val_fraction, 0.0, cfg.seed
-    )
-    return Splits(train_val[inner_train], train_val[inner_val], test)
 
 
 def student_input_spec(cfg: TrainConfig) -> InputSpec:
@@ -365,8 +335,6 @@ def validate(
     student: Student, dataset: Dataset, device: torch.device, batch_size: int
 ) -> dict[str, float]:
     """Per-mask-state validation metrics (``training.evaluate``), as CSV-ready floats."""
-    from training.evaluate import evaluate_model
-
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     result = evaluate_model(student, loader, device, name="val")
     student.train()

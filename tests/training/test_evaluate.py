@@ -247,7 +247,7 @@ def _tiny_run(tmp_path: Path) -> Path:
 
 def test_cli_evaluates_checkpoint_and_writes_calibration(tmp_path: Path) -> None:
     from handler.contract import Calibration
-    from training.evaluate import main
+    from training.evaluate.cli import main
 
     out = tmp_path / "report"
     assert main(["--checkpoint", str(_tiny_run(tmp_path)), "--out", str(out),
@@ -263,7 +263,7 @@ def test_cli_evaluates_checkpoint_and_writes_calibration(tmp_path: Path) -> None
 
 
 def test_cli_evaluates_torchscript_with_data_config(tmp_path: Path, tiny_student_pt: Path) -> None:
-    from training.evaluate import main
+    from training.evaluate.cli import main
 
     data = tmp_path / "data.yaml"
     data.write_text("layout: synthetic\nn_subjects: 3\nimages_per_subject: 2\nimage_size: 48\n")
