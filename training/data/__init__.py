@@ -4,8 +4,8 @@
 -> ``PairedFaceDataset`` items (unmasked + masked view of each face, THE preprocessing).
 """
 
-from training.data.config import DataConfig
-from training.data.dataset import Augmentation, PairedFaceDataset
+from training.data.config import Augmentation, DataConfig
+from training.data.dataset import PairedFaceDataset
 from training.data.detections import (
     CANONICAL_KEYPOINTS,
     DetectionStats,

@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("test", "val", "all"), default="test")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default=None)
-    parser.add_argument("--target-precision", type=float, default=0.8,
-                        help="precision the abstention thresholds are fitted for")
+    parser.add_argument("--target-precision", type=float, default=None,
+                        help="precision the abstention thresholds are fitted for (default: "
+                        "the training config's target_precision)")
     parser.add_argument("--cam-samples", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="cpu")

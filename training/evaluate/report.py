@@ -119,23 +119,31 @@ def _recall_lines(results: Sequence[EvalResult]) -> list[str]:
     return lines
 
 
-def _confusable_lines(results: Sequence[EvalResult]) -> tuple[list[str], list[dict[str, Any]]]:
-    masked = normalise_rows(pooled_counts(results, "masked"))
+def confusable_under_mask(results: Sequence[EvalResult]) -> list[dict[str, Any]]:
+    """Directed confusions of at least ``CONFUSABLE_RATE`` of a class on masked faces
+    (pooled over folds), with the same cell on unmasked faces and the class's support."""
+    counts = pooled_counts(results, "masked")
+    masked = normalise_rows(counts)
     unmasked = normalise_rows(pooled_counts(results, "unmasked"))
-    pairs = confusable_pairs(masked, CONFUSABLE_RATE)
     index = {n: i for i, n in enumerate(EXPRESSION_LABELS)}
-    found = [{"true": p.true, "predicted": p.predicted, "masked_rate": p.rate,
-              "unmasked_rate": finite(unmasked[index[p.true], index[p.predicted]])}
-             for p in pairs]
+    return [{"true": p.true, "predicted": p.predicted, "masked_rate": p.rate,
+             "unmasked_rate": finite(unmasked[index[p.true], index[p.predicted]]),
+             "n": int(counts[index[p.true]].sum())}
+            for p in confusable_pairs(masked, CONFUSABLE_RATE)]
+
+
+def _confusable_lines(results: Sequence[EvalResult]) -> tuple[list[str], list[dict[str, Any]]]:
+    found = confusable_under_mask(results)
     pooled = ", pooled over folds" if len(results) > 1 else ""
     lines = [f"Directed confusions of at least {CONFUSABLE_RATE:.0%} of a class on masked faces "
              f"(row-normalised{pooled}), with the same cell on unmasked faces:", ""]
     if not found:
         return lines + ["None."], found
-    lines += ["| true | predicted as | masked | unmasked |", "|---|---|---|---|"]
+    lines += ["| true | predicted as | masked | unmasked | faces of the class |",
+              "|---|---|---|---|---|"]
     lines += [f"| {f['true']} | {f['predicted']} | {f['masked_rate']:.2f} | "
-              f"{fmt(f['unmasked_rate'] if f['unmasked_rate'] is not None else math.nan, 2)} |"
-              for f in found]
+              f"{fmt(f['unmasked_rate'] if f['unmasked_rate'] is not None else math.nan, 2)} | "
+              f"{f['n']} |" for f in found]
     return lines, found
 
 

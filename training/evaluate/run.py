@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +24,20 @@ from handler.contract import MASK_LABELS, Calibration, InputSpec, read_metadata
 from handler.postprocess import abstain_thresholds, calibrated_probs, softmax
 from training.calibrate import StateCalibration, ece, fit_states, to_calibration
 from training.config import TrainConfig
-from training.data import DataConfig, PairedFaceDataset, load_records, split_records
+from training.data import (
+    DataConfig,
+    FaceRecord,
+    PairedFaceDataset,
+    load_records,
+    split_records,
+)
 from training.evaluate.gradcam import CamOverlay, grad_cam_overlays
 from training.evaluate.metrics import (
+    NUM_CLASSES,
     VIEWS,
     StateMetrics,
     ViewOutputs,
+    accuracy,
     majority_baseline,
     metrics_from_views,
 )
@@ -147,14 +155,15 @@ def calibrate_result(
     result: EvalResult, validation: EvalResult, target_precision: float = 0.8
 ) -> Calibration:
     """Fit on ``validation``'s outputs (``abstain_unless_better_than_majority`` included),
-    record the effect on ``result``; returns the calibration."""
+    record the effect on ``result`` (and on ``validation``); returns the calibration."""
     fits = fit_states(validation.logits_by_state(), validation.labels_by_state(), target_precision)
     calibration = abstain_unless_better_than_majority(
         to_calibration(fits, f"{validation.name}, target precision {target_precision:g}"),
         validation,
     )
-    result.calibration = calibration
-    result.calibration_effect = calibration_effect(result, fits, calibration)
+    for r in (result, validation):  # on validation: the fit's own (in-sample) effect
+        r.calibration = calibration
+        r.calibration_effect = calibration_effect(r, fits, calibration)
     return calibration
 
 
@@ -258,6 +267,15 @@ def _run_name(path: Path, cfg: TrainConfig) -> str:
     return f"fold{cfg.fold}" if cfg.split == "kfold" else path.parent.name or path.stem
 
 
+def eval_dataset(
+    records: Sequence[FaceRecord], spec: InputSpec, cfg: TrainConfig
+) -> PairedFaceDataset:
+    """Unaugmented pairs with the masks ``msde-train`` validates with (seed + 1), so that
+    calibration, evaluation and every model evaluated see the same masked faces."""
+    return PairedFaceDataset(records, spec, augment=False, seed=cfg.seed + 1,
+                             mask_styles=cfg.mask_styles)
+
+
 def evaluate_checkpoint(
     path: Path,
     *,
@@ -266,26 +284,27 @@ def evaluate_checkpoint(
     device: str,
     batch_size: int,
     cam_samples: int,
-    target_precision: float,
+    target_precision: float | None = None,
+    records: list[FaceRecord] | None = None,
 ) -> tuple[EvalResult, EvalResult | None]:
     """Evaluate one checkpoint on its split; calibrate on its validation split if it has one.
 
-    Returns the evaluated result (with ``calibration`` set when a validation split exists)
-    and the validation result.
+    ``target_precision`` defaults to the config's; ``records`` skips loading the config's
+    data again (they must be what it describes). Returns the evaluated result (with
+    ``calibration`` set when a validation split exists) and the validation result.
     """
     loaded = load_model(path)
     cfg = data_config or loaded.config
     if cfg is None:
         raise ValueError(f"{path} carries no training config: pass --data-config")
-    records = load_records(cfg.data)
+    if records is None:
+        records = load_records(cfg.data)
     splits = split_records(records, cfg)
     chosen = {"test": splits.test, "val": splits.val, "all": np.arange(len(records))}[split]
     name = _run_name(path, cfg)
 
     def run(idx: np.ndarray, tag: str, cams: int) -> EvalResult:
-        # val: the seed msde-train validates with, so calibration sees the same masked faces
-        ds = PairedFaceDataset([records[i] for i in idx], loaded.spec, augment=False,
-                               seed=cfg.seed + 1, mask_styles=cfg.mask_styles)
+        ds = eval_dataset([records[i] for i in idx], loaded.spec, cfg)
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False)
         result = evaluate_model(loaded.model, loader, device, name=tag, cam_samples=cams)
         result.indices = idx[result.indices]  # dataset position -> record index
@@ -297,5 +316,30 @@ def evaluate_checkpoint(
     validation = None
     if split == "test" and len(splits.val) > 0:
         validation = run(splits.val, f"{name} val", 0)
-        calibrate_result(result, validation, target_precision)
+        precision = cfg.target_precision if target_precision is None else target_precision
+        calibrate_result(result, validation, precision)
     return result, validation
+
+
+@torch.inference_mode()
+def teacher_accuracy(
+    teachers: Sequence[str], records: Sequence[FaceRecord], cfg: TrainConfig,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Accuracy per view of the teachers' mean answer (each on its own input) on the pairs
+    ``eval_dataset`` shows a student: how much the mask costs the teachers themselves."""
+    from training.teachers import TEACHERS, load_teacher
+
+    probs = {v: np.zeros((len(records), NUM_CLASSES)) for v in VIEWS}
+    for name in teachers:
+        net = load_teacher(name)
+        loader = DataLoader(eval_dataset(records, TEACHERS[name].input_spec, cfg),
+                            batch_size=batch_size, shuffle=False)
+        start = 0
+        for batch in loader:
+            n = len(batch["label"])
+            for v in VIEWS:
+                probs[v][start:start + n] += softmax(net(batch[v]).double().numpy())
+            start += n
+    labels = np.array([r.label for r in records])
+    return {v: accuracy(labels, p.argmax(axis=1)) for v, p in probs.items()}
