@@ -6,11 +6,16 @@
   ``alpha`` * MSE of their L2-normalised embeddings (paper), optionally supervised
   contrastive loss (``--supcon``).
 * ``distill``: a frozen teacher sees the unmasked image; the student sees the masked one
-  (the unmasked one with probability ``p_unmasked``) and matches the teacher's pooled
-  features (``kd_lambda`` * MSE, via a learnt projection when widths differ) and/or its
-  softened logits (Hinton KL at ``kd_temperature``), plus CE where labels exist.
+  (the unmasked one with probability ``p_unmasked``; both with ``distill_views: both``) and
+  matches the teacher's pooled features (``kd_lambda`` * MSE, via a learnt projection when
+  widths differ) and/or its softened logits (Hinton KL at ``kd_temperature``), plus CE where
+  labels exist. Without a teacher, the records' soft targets (the ``face_pool`` layout's
+  teachers, computed once) are the KL targets.
 
 Every paradigm trains the mask-state head on the views it shows (unmasked = 0, masked = 1).
+``frozen_stages`` keeps the student's first stages as initialised; ``feature_bank_views``
+then trains on their cached output (``training.feature_bank``). The served default model is
+a config of this loop (``configs/default_model.yaml``, released by ``training.release``).
 A run folder holds ``config.yaml`` (resolved), ``metrics.csv`` (one row per epoch),
 ``model_{epoch}.pth``, ``checkpoint.pth`` (latest, for ``--resume``) and ``best.pth``.
 Multi-process training: launch with ``torchrun --nproc-per-node N -m training.train ...``.
