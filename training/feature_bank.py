@@ -27,17 +27,18 @@ LOG = logging.getLogger(__name__)
 VIEW_KEYS: tuple[str, ...] = ("unmasked", "masked")
 
 
-class _Epoch(Dataset[dict[str, Tensor]]):
-    """One epoch of a paired dataset as a dataset of its own (for a DataLoader)."""
+class _Views(Dataset[dict[str, Tensor]]):
+    """Every view of every pair, face by face: item k is view k % V of pair k // V, so a
+    worker decodes each photo once for all its views (``PairedFaceDataset`` keeps the last)."""
 
-    def __init__(self, dataset: PairedFaceDataset, epoch: int) -> None:
-        self.dataset, self.epoch = dataset, epoch
+    def __init__(self, dataset: PairedFaceDataset, views: int) -> None:
+        self.dataset, self.views = dataset, views
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset) * self.views
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return self.dataset.item(index, self.epoch)
+    def __getitem__(self, k: int) -> dict[str, Tensor]:
+        return self.dataset.item(k // self.views, k % self.views)
 
 
 class FeatureBank(Dataset[dict[str, Tensor]]):
@@ -60,30 +61,24 @@ class FeatureBank(Dataset[dict[str, Tensor]]):
             raise ValueError("a feature bank needs at least one view and one frozen stage")
         self.views, self.seed, self.epoch = views, seed, 0
         prefix = nn.Sequential(*frozen).to(device).eval()
-        banks: dict[str, list[Tensor]] = {k: [] for k in VIEW_KEYS}
-        self.fields: dict[str, Tensor] = {}
-        bar = tqdm(range(views), desc="feature bank", disable=not progress, leave=False)
-        for v in bar:
-            loader = DataLoader(_Epoch(dataset, v), batch_size=batch_size, shuffle=False,
-                                num_workers=num_workers)
-            parts: dict[str, list[Tensor]] = {k: [] for k in VIEW_KEYS}
-            other: dict[str, list[Tensor]] = {}
-            with torch.inference_mode():
-                for batch in loader:
-                    for k in VIEW_KEYS:
-                        parts[k].append(prefix(batch[k].to(device)).cpu())
-                    for k, t in batch.items():
-                        if k not in VIEW_KEYS and not k.startswith("teacher_"):
-                            other.setdefault(k, []).append(t)
-            for k in VIEW_KEYS:
-                banks[k].append(torch.cat(parts[k]))
-            if v == 0:  # labels, targets, indices: the same in every view
-                self.fields = {k: torch.cat(t) for k, t in other.items()}
-        # (N, V, C, H, W) per view key
-        self.bank = {k: torch.stack(b, dim=1) for k, b in banks.items()}
+        loader = DataLoader(_Views(dataset, views), batch_size=views * max(1, batch_size // views),
+                            shuffle=False, num_workers=num_workers)
+        parts: dict[str, list[Tensor]] = {k: [] for k in VIEW_KEYS}
+        other: dict[str, list[Tensor]] = {}
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc="feature bank", disable=not progress, leave=False):
+                for k in VIEW_KEYS:
+                    parts[k].append(prefix(batch[k].to(device)).cpu())
+                for k, t in batch.items():
+                    if k not in VIEW_KEYS and not k.startswith("teacher_"):
+                        other.setdefault(k, []).append(t)
+        n = len(dataset)
+        # (N, V, C, H, W) per view key; labels, targets, indices are the same in every view
+        self.bank = {k: torch.cat(p).reshape(n, views, *p[0].shape[1:]) for k, p in parts.items()}
+        self.fields = {k: torch.cat(t)[::views] for k, t in other.items()}
         size = sum(t.numel() * t.element_size() for t in self.bank.values())
-        LOG.info("feature bank: %d pairs x %d views, %s per view, %.0f MB", len(dataset),
-                 views, tuple(self.bank["unmasked"].shape[2:]), size / 1e6)
+        LOG.info("feature bank: %d pairs x %d views, %s per view, %.0f MB", n, views,
+                 tuple(self.bank["unmasked"].shape[2:]), size / 1e6)
 
     def __len__(self) -> int:
         return self.bank["unmasked"].shape[0]

@@ -110,6 +110,8 @@ def augment_pair(
 
 
 def _colour(image: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+    if brightness == 0.0 and contrast == 1.0 and saturation == 1.0:
+        return image  # what the arithmetic below gives, without its cost on big photos
     x = image.astype(np.float32)
     grey = (x @ _LUMA)[..., None]
     x = grey + saturation * (x - grey)
@@ -161,6 +163,7 @@ class PairedFaceDataset(Dataset[dict[str, torch.Tensor]]):
         self.subjects: list[str] = sorted({r.subject for r in self.records})
         self._subject_index = {s: k for k, s in enumerate(self.subjects)}
         self._found: dict[int, Detection] = {}
+        self._last_image: tuple[int, np.ndarray] | None = None
         self.whole_image_fallbacks = 0
 
     def __len__(self) -> int:
@@ -187,6 +190,12 @@ class PairedFaceDataset(Dataset[dict[str, torch.Tensor]]):
         self._found[index] = found
         return found
 
+    def _image(self, index: int) -> np.ndarray:
+        """The record's decoded image; the last one is kept (views of a face in a row)."""
+        if self._last_image is None or self._last_image[0] != index:
+            self._last_image = (index, load_rgb(self.records[index]))
+        return self._last_image[1]
+
     def masked_view(
         self, index: int, image: np.ndarray, detection: Detection, epoch: int
     ) -> np.ndarray:
@@ -211,7 +220,7 @@ class PairedFaceDataset(Dataset[dict[str, torch.Tensor]]):
         if not 0 <= index < len(self.records):
             raise IndexError(index)
         record = self.records[index]
-        image = load_rgb(record)
+        image = self._image(index)
         detection = self._detection(index, record, image)
         masked = self.masked_view(index, image, detection, epoch)
         if self.augment:
