@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from scipy.stats import binomtest
-from sklearn.metrics import confusion_matrix, f1_score
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 from handler.contract import EXPRESSION_LABELS, MASK_LABELS
 from handler.postprocess import softmax
@@ -46,7 +46,7 @@ def finite(x: float) -> float | None:
 def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
     """Fraction of labelled samples predicted right; NaN without labelled samples."""
     y, p = _labelled(labels, preds)
-    return float((y == p).mean()) if len(y) else float("nan")
+    return float(accuracy_score(y, p)) if len(y) else float("nan")
 
 
 def confusion_counts(
@@ -79,7 +79,9 @@ def per_class_recall(
     labels: np.ndarray, preds: np.ndarray, num_classes: int = NUM_CLASSES
 ) -> np.ndarray:
     """(K,) recall per true class; NaN for classes absent from ``labels``."""
-    return np.diag(confusion(labels, preds, num_classes)).copy()
+    y, p = _labelled(labels, preds)
+    return recall_score(y, p, labels=np.arange(num_classes), average=None,
+                        zero_division=np.nan).astype(np.float64)
 
 
 def macro_f1(labels: np.ndarray, preds: np.ndarray) -> float:
