@@ -649,7 +649,9 @@ def train(
                 "epoch": epoch,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))},
+                # no wall time: an exported model carries these, and two runs must match
+                "metrics": {k: v for k, v in row.items()
+                            if isinstance(v, (int, float)) and k != "time_s"},
                 "projection": net.projection.state_dict(),
                 "rng": _rng_state(),
                 "best_score": best_score,
