@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from training.archive import DEFAULT_MODEL_CONFIG, STUDENT_FILE, build_archive
 from training.assets import REPO_ROOT
 from training.config import TrainConfig, build_parser, load_config
@@ -44,7 +46,9 @@ REPORT_DIR = "report"
 RELEASE_FLAGS = ("archive_dir", "version", "model_config", "cam_samples")
 
 
-def trained_on(cfg: TrainConfig, records: list[FaceRecord], train_idx: Any) -> str | None:
+def trained_on(
+    cfg: TrainConfig, records: list[FaceRecord], train_idx: np.ndarray
+) -> str | None:
     """What ``metadata.json`` says the model was trained on (None: the export default)."""
     if cfg.data.layout != "face_pool":
         return None
