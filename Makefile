@@ -50,8 +50,10 @@ serve: $(STAMP) $(MAR)
 $(MAR): | $(STAMP)
 	$(MAKE) model
 
+# the default model: configs/default_model.yaml through the training package's own loop,
+# evaluation, export and archive (training/release.py); the card: model_store/build/
 model: $(STAMP)
-	$(VPY) -m training.default_model --out model_store
+	$(VPY) -m training.release --config configs/default_model.yaml --archive-dir model_store
 
 # re-archive the last built student (e.g. after editing handler/ or deploy/model-config.yaml)
 archive: $(STAMP)

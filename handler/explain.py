@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from handler.align import crop_matrix, face_crop, face_input, transform_points
+from handler.align import crop_matrix, face_input, transform_points
 from handler.decode import InputError
 from handler.pipeline import Pipeline, RequestOutcome, Timings
 from handler.schema import ErrorResponse, ExplanationResponse, Heatmap, KServeV1Explanations
@@ -243,7 +243,7 @@ class Explainer:
         ])
         out: dict[tuple[int, int, int], Heatmap] = {}
         for f, cam, (image, det, target, (sx, sy)) in zip(picked, cams, geometry):
-            matrix = crop_matrix(det, (in_h, in_w), face_crop(image, det, spec.crop))
+            matrix = crop_matrix(det, (in_h, in_w), spec.crop)
             (x1, y1, x2, y2), gray = heatmap_image(cam, matrix, (in_h, in_w), image.shape[:2])
             box = (x1 * sx, y1 * sy, x2 * sx, y2 * sy)  # into the client's pixels
             out[(f.outcome, f.image, f.face)] = Heatmap(

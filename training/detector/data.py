@@ -74,7 +74,7 @@ def mask_all(image: np.ndarray, keypoints: Sequence[np.ndarray], variant: int, s
 def maskable_photos(faces: Sequence[object], load: object) -> list[MaskablePhoto]:
     """Group pool faces by photo (held-out sources left out) and render the masked copies.
 
-    ``faces`` are ``training.face_pool.PoolFace``s and ``load`` their image loader; both
+    ``faces`` are ``training.data.face_pool.PoolFace``s and ``load`` their image loader; both
     are passed in so this module does not build the pool itself.
     """
     by_image: dict[object, list] = defaultdict(list)

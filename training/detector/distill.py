@@ -193,7 +193,7 @@ def _key(cfg: DistillConfig, faces: Sequence[object]) -> str:
 def detector_models(cfg: DistillConfig | None = None, cache_dir: Path | None = None) -> Path:
     """The detector folder (registry models + the masked model), built when missing."""
     from training.detector.data import maskable_photos
-    from training.face_pool import build_pool, load_rgb
+    from training.data.face_pool import build_pool, load_rgb
 
     cfg = cfg or DistillConfig()
     faces = build_pool(groups=["train"], progress=False)

@@ -34,7 +34,7 @@ import torch
 from handler.align import face_input
 from handler.contract import EXPRESSION_LABELS, CropSpec, InputSpec
 from training.assets import REPO_ROOT
-from training.face_pool import PoolFace, build_pool, load_rgb
+from training.data.face_pool import PoolFace, build_pool, load_rgb
 from training.teachers import PORTED, TEACHERS, load_teacher, register_ensemble
 from training.teachers.ensemble import (
     EnsembleFit,

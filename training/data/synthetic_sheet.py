@@ -5,7 +5,7 @@ mask sit where a mask sits, what is left above it. Faces are shown as the model 
 (cropped by ``handler.align.align_face`` with the default crop), masks as the paired
 dataset draws them.
 
-CLI: ``python -m training.data.contact_sheet --out sheet.png [--identities 6 --seed 0]``
+CLI: ``python -m training.data.synthetic_sheet --out sheet.png [--identities 6 --seed 0]``
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import argparse
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from handler.align import align_face
 from handler.contract import EXPRESSION_LABELS, CropSpec
+from training.contact_sheet import contact_sheet, text_tile, write_sheet
 from training.data.synthetic import synthetic_face
 from training.masks import render_mask
 
@@ -26,13 +26,13 @@ LOG = logging.getLogger(__name__)
 _LABEL_WIDTH = 110
 
 
-def contact_sheet(
+def synthetic_sheet(
     identities: int = 6, size: int = 96, tile: int = 112, seed: int = 0
 ) -> np.ndarray:
     """RGB uint8 sheet: one row per expression, (unmasked, masked) pairs per identity."""
-    rows = []
+    tiles = []
     for label, name in enumerate(EXPRESSION_LABELS):
-        tiles = []
+        tiles.append(text_tile(name, tile, _LABEL_WIDTH))
         for subject in range(identities):
             face = synthetic_face(subject, label, label, size, seed)
             masked = render_mask(face.image, face.detection.keypoints,
@@ -40,11 +40,7 @@ def contact_sheet(
             for image in (face.image, masked):
                 tiles.append(align_face(image, face.detection, (tile, tile), CropSpec()))
             tiles.append(np.full((tile, 4, 3), 255, np.uint8))
-        caption = np.full((tile, _LABEL_WIDTH, 3), 255, np.uint8)
-        cv2.putText(caption, name, (6, tile // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.55,
-                    (0, 0, 0), 1, cv2.LINE_AA)
-        rows.append(np.hstack([caption, *tiles]))
-    return np.vstack(rows)
+    return contact_sheet(tiles, columns=1 + 3 * identities)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,11 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    sheet = contact_sheet(args.identities, args.size, seed=args.seed)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(args.out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {args.out}")
-    print(args.out)
+    print(write_sheet(synthetic_sheet(args.identities, args.size, seed=args.seed), args.out))
     return 0
 
 
