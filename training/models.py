@@ -196,11 +196,25 @@ class MiniXceptionStudent(Student):
 
 _IMAGENET_SPEC = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, crop=CropSpec())
 
+
+def _scan_cci(width: int) -> Callable[[int, int], Student]:
+    """SCAN-CCI on a ResNet-18 trunk (``training.scan_cci`` imports this module: lazy)."""
+
+    def build(c: int, k: int) -> Student:
+        from training.scan_cci import ScanCciStudent
+
+        return ScanCciStudent(width=width, in_channels=c, num_classes=k)
+
+    return build
+
+
 _BUILDERS: dict[str, Callable[[int, int], Student]] = {
     "resnet18": lambda c, k: ResNet18Student(width=64, in_channels=c, num_classes=k),
     "resnet18_narrow": lambda c, k: ResNet18Student(width=16, in_channels=c, num_classes=k),
     "mobilenet_v3_small": lambda c, k: MobileNetV3SmallStudent(in_channels=c, num_classes=k),
     "mini_xception": lambda c, k: MiniXceptionStudent(in_channels=c, num_classes=k),
+    "scan_cci": _scan_cci(64),
+    "scan_cci_narrow": _scan_cci(16),
 }
 
 _DEFAULT_SPECS: dict[str, InputSpec] = {
@@ -208,6 +222,9 @@ _DEFAULT_SPECS: dict[str, InputSpec] = {
     # the CPU benchmark model: 64x64 keeps a 2x2 map after layer4
     "resnet18_narrow": InputSpec(input_size=(3, 64, 64), **_IMAGENET_SPEC),
     "mobilenet_v3_small": InputSpec(input_size=(3, 112, 112), **_IMAGENET_SPEC),
+    "scan_cci": InputSpec(input_size=(3, 112, 112), **_IMAGENET_SPEC),
+    # the benchmark's SCAN-CCI: resnet18_narrow's width and input, 8x8 map for SCAN
+    "scan_cci_narrow": InputSpec(input_size=(3, 64, 64), **_IMAGENET_SPEC),
 }
 
 STUDENTS: tuple[str, ...] = tuple(_BUILDERS)
