@@ -1,4 +1,4 @@
-"""SCAN-CCI: shapes, the attention normalised where the paper normalises, loss, export, paradigms."""
+"""SCAN-CCI: shapes, attention normalised where the paper normalises, loss, export, paradigms."""
 
 from __future__ import annotations
 
