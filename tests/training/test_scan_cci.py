@@ -205,6 +205,7 @@ def test_scan_cci_trains_with_every_paradigm_and_as_a_teacher(tmp_path: Path) ->
     assert ckpt["student"] == "scan_cci_narrow" and spec.input_size == (3, 32, 32)
     from training.data import PairedFaceDataset
 
-    result = evaluate_model(student, PairedFaceDataset(records[:8], spec), "cpu")
+    result = evaluate_model(student, PairedFaceDataset(records[:8], spec), "cpu", cam_samples=1)
     assert set(result.metrics) == {"unmasked", "masked", "all"}
     assert 0.0 <= result.metrics["masked"].accuracy <= 1.0
+    assert {c.view for c in result.cams} == {"unmasked", "masked"}  # Grad-CAM on the ECA map
