@@ -47,7 +47,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from scipy import stats
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
@@ -260,6 +260,19 @@ def held_out_metrics(best: Path, records: list[FaceRecord], cfg: TrainConfig) ->
     return out
 
 
+def trains_alike(saved: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a finished run's saved config is ``cfg``'s training.
+
+    A setting added to ``TrainConfig`` after the run was saved is read at its default (a new
+    setting's default keeps the behaviour from before it existed), so runs survive the
+    config growing; a setting that no longer exists or a different value means retraining.
+    """
+    try:
+        return TrainConfig.model_validate(saved).dump() == cfg.dump()
+    except ValidationError:
+        return False
+
+
 def run_fold(bcfg: BenchmarkConfig, fold: int) -> dict[str, dict[str, float]]:
     """Train and test every method on one fold (the unmasked-only teachers first).
 
@@ -282,7 +295,7 @@ def run_fold(bcfg: BenchmarkConfig, fold: int) -> dict[str, dict[str, float]]:
         cfg = train_config(bcfg, method, epochs, fold, teacher)
         record = cfg.out_dir / RESULT_FILE
         saved = json.loads(record.read_text()) if record.is_file() else {}
-        if saved.get("config") == cfg.dump():
+        if "config" in saved and trains_alike(saved["config"], cfg):
             LOG.info("fold %d %s: reusing the finished run in %s", fold, method, cfg.out_dir)
             metrics: dict[str, float] = saved["metrics"]
         else:

@@ -18,8 +18,10 @@ from training.benchmark import (
     paired_test,
     parse_method,
     run_benchmark,
+    trains_alike,
     write_outputs,
 )
+from training.config import TrainConfig
 from training.data import DataConfig
 
 TINY_DATA = DataConfig(layout="synthetic", n_subjects=6, images_per_subject=7, image_size=48)
@@ -100,6 +102,17 @@ def test_longer_runs_get_their_own_teacher_and_reference_and_finished_runs_are_r
     monkeypatch.setattr(benchmark, "train", no_training)
     again = run_benchmark(bcfg)
     assert again.per_fold == first.per_fold
+
+
+def test_a_saved_run_is_reused_across_new_settings_at_their_defaults_only() -> None:
+    cfg = TrainConfig(data=TINY_DATA, student="resnet18_narrow", epochs=3)
+    saved = cfg.dump()
+    assert trains_alike(saved, cfg)
+    older = {k: v for k, v in saved.items() if k != "label_smoothing"}  # saved before it existed
+    assert trains_alike(older, cfg)
+    assert not trains_alike(older, cfg.model_copy(update={"label_smoothing": 0.1}))
+    assert not trains_alike(saved | {"epochs": 4}, cfg)
+    assert not trains_alike(saved | {"dropped_setting": 1}, cfg)
 
 
 def test_method_specs_name_known_methods_and_optional_epochs() -> None:
