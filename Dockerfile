@@ -1,14 +1,20 @@
-# syntax=docker/dockerfile:1
-# msde serving image: TorchServe 0.12 + the msde archive, CPU only.
+# msde serving image: TorchServe 0.12 + the msde archive. CPU by default, CUDA on request.
 #
-#   make archive            # model_store/msde.mar (the trained student + handler + detector)
-#   docker build -t msde:0.1.0 .
-#   docker run --rm -p 8080:8080 -p 8082:8082 msde:0.1.0
+#   make image                                   # msde:<version>, see tools/image.sh
+#   docker build -t msde:1.0.0 .                 # the same with normal internet access
+#   docker build --build-arg VARIANT=cuda -t msde:1.0.0-cuda .
+#   docker run --rm -p 8080:8080 -p 8082:8082 msde:1.0.0
 #
-# Why CPU only: the handler loads the student with map_location="cpu" and runs the
-# BlazeFace detector on onnxruntime's CPU provider, so CUDA libraries would be dead weight
-# (several GB). torch is installed from the PyTorch CPU wheel index for that reason (the
-# PyPI x86_64 wheel is the CUDA build). See docs/deploy.md.
+# What goes in is the serving set of pyproject.toml (the handler's dependencies and the
+# `serving` extra) at the versions of requirements.lock, the file the test suite's
+# environment is installed from: no second hand-kept list (tools/lockfile.py).
+#
+# VARIANT=cpu (default): torch from the PyTorch CPU wheel index (TORCH_INDEX_URL), because
+# the x86_64 torch wheel on the default index is the CUDA build and would bring gigabytes of
+# CUDA libraries a CPU pod never loads. VARIANT=cuda: torch from the default index (the CUDA
+# build with its CUDA libraries) and onnxruntime-gpu in place of onnxruntime, for the
+# handler's GPU path (docs/deploy.md, "CUDA variant"); the host needs the NVIDIA driver and
+# container toolkit.
 #
 # The archive is not built here: it needs the trained student, which lives outside the
 # repository. The builder takes a prebuilt one from the build context (MAR build argument)
@@ -18,26 +24,41 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------- builder --
 FROM ${PYTHON_IMAGE} AS builder
-ARG MAR=model_store/msde.mar
+# (each ARG is declared just before its first use: a build argument in scope is part of the
+# cache key of every later RUN, and the venv layer should not be rebuilt for a new archive)
+ARG VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# Empty: the lock's torch. A builder that cannot reach that build may name another one
+# (tools/image.sh does, from a local wheelhouse, and says so); the check below still
+# requires the variant's torch build.
+ARG TORCH_VERSION=
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 
-RUN python -m venv /opt/venv
-# torch first, from the CPU index, so nothing later pulls the CUDA build from PyPI; then the
-# serving dependencies only (the handler ships inside the archive), at the versions the test
-# suite runs on (tests/deploy checks they agree with pyproject.toml).
-RUN /opt/venv/bin/pip install --index-url "${TORCH_INDEX_URL}" torch==2.14.1 \
-    && /opt/venv/bin/pip install \
-        torch==2.14.1 \
-        torchserve==0.12.0 \
-        pyyaml==6.0.4 \
-        pydantic==2.14.4 \
-        numpy==2.4.6 \
-        pillow==13.0.0 \
-        onnxruntime==1.32.0 \
-        opencv-python-headless==5.0.0.93 \
-    && /opt/venv/bin/python -c "import torch; assert not torch.cuda.is_available() and '+cpu' in torch.__version__, torch.__version__"
+WORKDIR /src
+COPY pyproject.toml requirements.lock ./
+COPY tools/lockfile.py tools/
+# A TLS-intercepting proxy's CA bundle may come in as the build secret `pip_cert`: mounted
+# for this step only, it never lands in a layer (make image-test checks every layer).
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && python -m venv /opt/venv \
+    && python tools/lockfile.py constraints ${TORCH_VERSION:+--pin "torch==${TORCH_VERSION}"} \
+        > constraints.txt \
+    && case "${VARIANT}" in \
+        cpu) /opt/venv/bin/pip install --no-deps --index-url "${TORCH_INDEX_URL}" \
+                 -c constraints.txt torch \
+             && python tools/lockfile.py requirements serving > requirements.txt ;; \
+        cuda) python tools/lockfile.py requirements serving cuda --drop onnxruntime \
+                 > requirements.txt ;; \
+        *) echo "VARIANT must be cpu or cuda, not ${VARIANT}" >&2 && exit 1 ;; \
+    esac \
+    && /opt/venv/bin/pip install -c constraints.txt -r requirements.txt \
+    && /opt/venv/bin/python tools/lockfile.py check-installed --constraints constraints.txt \
+    && /opt/venv/bin/python -c "import sys, torch; cuda = sys.argv[1] == 'cuda'; \
+assert (torch.version.cuda is not None) == cuda and (cuda or '+cpu' in torch.__version__), \
+torch.__version__; print('torch', torch.__version__)" "${VARIANT}"
 
+ARG MAR=model_store/msde.mar
 COPY ${MAR} /opt/msde/model_store/msde.mar
 RUN /opt/venv/bin/python -c "import json, sys, zipfile; m = json.loads(zipfile.ZipFile(sys.argv[1]).read('MAR-INF/MANIFEST.json')); h = m['model']['handler']; print('archive', m['model']['modelName'], m['model']['modelVersion'], 'handler', h)" /opt/msde/model_store/msde.mar
 
@@ -56,6 +77,14 @@ RUN mkdir -p /usr/share/man/man1 \
     && useradd --uid "${MSDE_UID}" --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin msde \
     && install -d -o "${MSDE_UID}" -g "${MSDE_UID}" -m 0750 /var/lib/msde
+
+ARG VERSION=unversioned
+ARG VARIANT=cpu
+LABEL org.opencontainers.image.title="msde" \
+      org.opencontainers.image.description="Masked facial-expression recognition on TorchServe" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="MIT" \
+      io.msde.variant="${VARIANT}"
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/msde/model_store /app/model_store

@@ -2,7 +2,7 @@
 
 Two parts, both in-process on the CPU:
 
-1. a time-bounded mutation loop over the generated corpus (``tests/corpus.py``): encoded
+1. a time-bounded mutation loop over the generated corpus (``testkit/corpus.py``): encoded
    images go through ``decode_image``, TorchServe-shaped request dicts (mutated bodies,
    multipart fields, JSON) through ``parse_request``; every outcome must be a decoded image
    within the limits or an ``InputError`` with a 4xx status. Anything else is a finding: its
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from handler.decode import DecodeLimits, InputError, decode_image, parse_request  # noqa: E402
-from tests.corpus import (  # noqa: E402
+from testkit.corpus import (  # noqa: E402
     accept_cases,
     mutate,
     reject_cases,

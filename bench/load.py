@@ -1,6 +1,6 @@
 """Load figures for docs/reliability.md: a bounded burst far above one server's capacity.
 
-Starts TorchServe on free loopback ports (the e2e harness, the test student, the archive's
+Starts TorchServe on free loopback ports (``testkit.server``, the test student, the archive's
 batching from deploy/model-config.yaml unless overridden), sends ``--total`` requests from
 ``--concurrency`` threads (a fresh connection each), and prints one JSON line: statuses,
 client-side failures (reset / refused / timeout: all must be 0), rejections (503/429),
@@ -23,10 +23,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.corpus import jpeg  # noqa: E402
-from tests.e2e.server import start_server  # noqa: E402
-from tests.e2e.student import build_test_student  # noqa: E402
-from tests.e2e.test_overload import blast  # noqa: E402
+from testkit.corpus import jpeg  # noqa: E402
+from testkit.load import blast  # noqa: E402
+from testkit.server import start_server  # noqa: E402
+from testkit.student import build_test_student  # noqa: E402
 from training.archive import build_archive  # noqa: E402
 
 

@@ -36,12 +36,12 @@ def crop_matrix(
 ) -> np.ndarray:
     """2x3 affine matrix mapping image pixels to crop pixels for one detection.
 
-    ``WHOLE_IMAGE_CROP`` maps the box onto the output as it is (no square, no roll): the
-    client sent a ready-made face crop.
+    A ``whole_image`` detection maps its box onto the output as it is (no square, no roll,
+    whatever ``spec`` says): the client sent a ready-made face crop.
     """
     x1, y1, x2, y2 = detection.box
     out_h, out_w = out_hw
-    if spec == WHOLE_IMAGE_CROP:
+    if detection.whole_image:
         sx, sy = out_w / (x2 - x1), out_h / (y2 - y1)
         return np.array([[sx, 0.0, -x1 * sx], [0.0, sy, -y1 * sy]], dtype=np.float64)
     side = max(x2 - x1, y2 - y1) * spec.scale
@@ -69,10 +69,8 @@ def crop_matrix(
 def whole_image_detection(image: np.ndarray) -> Detection:
     """The whole image as one face (clients that send ready-made face crops)."""
     h, w = image.shape[:2]
-    return Detection(box=(0.0, 0.0, float(w), float(h)), score=1.0, keypoints=None)
-
-
-WHOLE_IMAGE_CROP = CropSpec(scale=1.0, shift_y=0.0, rotate=False)
+    return Detection(box=(0.0, 0.0, float(w), float(h)), score=1.0, keypoints=None,
+                     whole_image=True)
 
 
 def align_face(
@@ -117,14 +115,11 @@ def to_model_input(
 def face_input(image: np.ndarray, detection: Detection, spec: InputSpec) -> np.ndarray:
     """Image + detection -> the network's input (C, H, W) float32. Shared by train and serve.
 
-    A detection without keypoints that spans the whole image (``whole_image_detection``) is
-    a ready-made face crop: it is resized as it is, not re-cropped.
+    A ``whole_image_detection`` is a ready-made face crop: it is resized as it is, not
+    re-cropped (``crop_matrix``).
     """
     c, h, w = spec.input_size
-    crop = spec.crop
-    if detection.keypoints is None and detection == whole_image_detection(image):
-        crop = WHOLE_IMAGE_CROP
-    face = align_face(image, detection, (h, w), crop)
+    face = align_face(image, detection, (h, w), spec.crop)
     return to_model_input(face, c, spec.mean, spec.std)
 
 

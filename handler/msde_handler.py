@@ -18,6 +18,8 @@ import torch
 from pydantic import ValidationError
 
 from handler.contract import METADATA_FILE, ModelMetadata
+from handler.device import CPU, Placement, placement_for
+from handler.explain import Explainer
 from handler.pipeline import Pipeline, RequestOutcome, ServingConfig, Timings
 
 LOG = logging.getLogger(__name__)
@@ -32,6 +34,7 @@ class MsdeHandler:
 
     def __init__(self) -> None:
         self.pipeline: Pipeline | None = None
+        self.explainer: Explainer | None = None
         self.metrics: Any = None
         self.initialized = False
 
@@ -43,45 +46,75 @@ class MsdeHandler:
         except ValidationError as exc:
             raise ValueError(f"invalid 'handler:' section in model-config.yaml: {exc}") from None
         torch.set_num_threads(config.threads)
-        self.pipeline = load_pipeline(model_dir, config)
+        placement = placement_for(context.system_properties)
+        self.pipeline = load_pipeline(model_dir, config, placement)
+        self.explainer = Explainer(self.pipeline)
         self.metrics = getattr(context, "metrics", None)
         meta = self.pipeline.metadata
         self._emit("msde_model_info", 1, [meta.version, meta.architecture])
         self.warm_up()
         self.initialized = True
-        LOG.info("msde %s (%s) ready; config %s", meta.version, meta.architecture, config)
+        LOG.info("msde %s (%s) ready on %s; config %s", meta.version, meta.architecture,
+                 placement.torch_device, config)
 
     def warm_up(self) -> None:
         """One forward pass at load, so the first client does not pay for lazy init."""
         assert self.pipeline is not None
         c, h, w = self.pipeline.spec.input_size
         with torch.inference_mode():
-            self.pipeline.model(torch.zeros(1, c, h, w))
+            self.pipeline.model(torch.zeros(1, c, h, w, device=self.pipeline.device))
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[str]:
+        """Answer a TorchServe batch; predictions and explanations can share one batch.
+
+        The frontend sets the request header ``explain`` to "True" for
+        ``POST /explanations/{model}`` (and the KServe ``:explain`` verbs) and to "False"
+        otherwise, per request.
+        """
         assert self.pipeline is not None, "initialize() was not called"
+        explain = [context.get_request_header(i, "explain") == "True" for i in range(len(data))]
+        outcomes: list[RequestOutcome | None] = [None] * len(data)
+        for wanted, answer in ((False, self.predict_handle), (True, self.explain_handle)):
+            idx = [i for i, e in enumerate(explain) if e == wanted]
+            if idx:
+                for i, outcome in zip(idx, answer([data[i] for i in idx])):
+                    outcomes[i] = outcome
+        responses = []
+        for idx, outcome in enumerate(outcomes):
+            assert outcome is not None
+            context.set_response_content_type(idx, JSON)
+            if outcome.status != 200:
+                phrase = str(outcome.body.get("error", {}).get("message", "error"))
+                context.set_response_status(outcome.status, phrase, idx)
+            responses.append(json.dumps(outcome.body))
+        return responses
+
+    def predict_handle(self, data: list[dict[str, Any]]) -> list[RequestOutcome]:
+        assert self.pipeline is not None
         start = time.perf_counter()
         timings = Timings()
         try:
             outcomes = self.pipeline.run(data, timings)
         except Exception:  # the model itself failed: every request of the batch gets a 500
             LOG.exception("inference failed for a batch of %d", len(data))
-            outcomes = [
-                RequestOutcome(
-                    500,
-                    {"error": {"code": "internal_error", "message": "inference failed"}},
-                )
-                for _ in data
-            ]
-        responses = []
-        for idx, outcome in enumerate(outcomes):
-            context.set_response_content_type(idx, JSON)
-            if outcome.status != 200:
-                phrase = outcome.error.message if outcome.error else "internal error"
-                context.set_response_status(outcome.status, phrase, idx)
-            responses.append(json.dumps(outcome.body))
+            outcomes = _internal_errors(len(data), "inference failed")
         self._record(outcomes, timings, time.perf_counter() - start)
-        return responses
+        return outcomes
+
+    def explain_handle(self, data: list[dict[str, Any]]) -> list[RequestOutcome]:
+        """Grad-CAM explanations (``handler.explain``), counted apart from predictions."""
+        assert self.explainer is not None
+        start = time.perf_counter()
+        try:
+            outcomes = self.explainer.run(data)
+        except Exception:
+            LOG.exception("explanation failed for a batch of %d", len(data))
+            outcomes = _internal_errors(len(data), "explanation failed")
+        if self.metrics is not None:
+            self._emit("msde_explanation_seconds", time.perf_counter() - start)
+            for outcome in outcomes:
+                self._emit("msde_explanations_total", 1, [str(outcome.status)])
+        return outcomes
 
     # -- metrics -----------------------------------------------------------------------
     def _record(self, outcomes: list[RequestOutcome], timings: Timings, total: float) -> None:
@@ -120,6 +153,11 @@ class MsdeHandler:
         return self.pipeline.metadata.name if self.pipeline else "msde"
 
 
+def _internal_errors(n: int, message: str) -> list[RequestOutcome]:
+    body = {"error": {"code": "internal_error", "message": message}}
+    return [RequestOutcome(500, body) for _ in range(n)]
+
+
 def _metric_type(name: str) -> Any:
     from ts.metrics.metric_type_enum import MetricTypes
 
@@ -130,12 +168,16 @@ def _metric_type(name: str) -> Any:
     return MetricTypes.COUNTER
 
 
-def load_pipeline(model_dir: Path, config: ServingConfig) -> Pipeline:
-    """Student (TorchScript only, never pickle) + metadata + detector from an unpacked archive."""
+def load_pipeline(
+    model_dir: Path, config: ServingConfig, placement: Placement = CPU
+) -> Pipeline:
+    """Student (TorchScript only, never pickle) + metadata + detector from an unpacked archive,
+    placed where ``placement`` says."""
     from handler.detect import DetectorConfig, FaceDetector
 
     extra = {METADATA_FILE: ""}
-    model = torch.jit.load(str(model_dir / STUDENT_FILE), map_location="cpu", _extra_files=extra)
+    model = torch.jit.load(str(model_dir / STUDENT_FILE), map_location=placement.torch_device,
+                           _extra_files=extra)
     model.eval()
     if not extra[METADATA_FILE]:
         raise ValueError(f"{STUDENT_FILE} has no embedded {METADATA_FILE}")
@@ -144,5 +186,6 @@ def load_pipeline(model_dir: Path, config: ServingConfig) -> Pipeline:
         det_config = DetectorConfig.model_validate(config.detector)
     except ValidationError as exc:
         raise ValueError(f"invalid 'handler.detector' in model-config.yaml: {exc}") from None
-    detector = FaceDetector(model_dir / DETECTOR_DIR, det_config, threads=config.threads)
-    return Pipeline(model, metadata, detector, config)
+    detector = FaceDetector(model_dir / DETECTOR_DIR, det_config, threads=config.threads,
+                            providers=placement.detector_providers)
+    return Pipeline(model, metadata, detector, config, device=placement.torch_device)

@@ -3,6 +3,11 @@
 ``Pipeline.run`` takes every request of a TorchServe batch and runs ONE forward pass over all
 faces of all good requests; a bad request gets its own ``InputError`` and never fails the
 others. ``handler.msde_handler`` is only the adapter around this.
+
+Memory is bounded by design: every image's header is read first and the decoded pixels of
+each request and of the whole batch are checked against their budgets before any pixel is
+decoded; then images are decoded one at a time, at working resolution, and each is dropped
+as soon as its faces are cropped (what the forward pass needs is a few KB per face).
 """
 
 from __future__ import annotations
@@ -18,7 +23,18 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from handler.align import face_input, whole_image_detection
-from handler.decode import DecodeLimits, InputError, ParsedRequest, decode_image, parse_request
+from handler.decode import (
+    DecodedImage,
+    DecodeLimits,
+    InputError,
+    OpenedImage,
+    ParsedRequest,
+    batch_busy_error,
+    check_pixel_budget,
+    decode_opened,
+    open_image,
+    parse_request,
+)
 from handler.faces import Detection
 from handler.contract import Calibration, ModelMetadata
 from handler.postprocess import face_results
@@ -49,6 +65,17 @@ class ServingConfig(BaseModel):
     max_faces_per_batch: int = Field(
         64, ge=1, description="faces per forward chunk (memory bound); all faces are answered"
     )
+    max_request_pixels: int = Field(
+        64_000_000, ge=64, description="decoded pixels of all images of one request (413 above)"
+    )
+    max_batch_pixels: int = Field(
+        128_000_000, ge=64, description="decoded pixels of one TorchServe batch; requests "
+        "beyond it are answered 503 (retry) before anything is decoded"
+    )
+    working_side: int | None = Field(
+        1024, ge=256, description="images are decoded at 1/2, 1/4 or 1/8 scale while their "
+        "long side stays at least this (JPEG: DCT scaling); null = full resolution"
+    )
     mask_reliable_probability: float = Field(0.8, ge=0.5, le=1.0)
     abstain_threshold: dict[str, float] | None = Field(
         None,
@@ -70,16 +97,20 @@ class ServingConfig(BaseModel):
             max_pixels=self.max_image_pixels,
             max_side=self.max_image_side,
             max_images=self.max_images_per_request,
+            max_request_pixels=self.max_request_pixels,
+            max_batch_pixels=self.max_batch_pixels,
         )
 
 
 @dataclass
 class Timings:
-    """Seconds spent per stage for one batch (per request for decode/detect)."""
+    """Seconds spent per stage for one batch (per image for decode/detect/crop)."""
 
     decode: list[float] = field(default_factory=list)
     detect: list[float] = field(default_factory=list)
+    crop: list[float] = field(default_factory=list)
     forward: float = 0.0
+    postprocess: float = 0.0
 
 
 @dataclass
@@ -90,14 +121,32 @@ class RequestOutcome:
     body: dict[str, Any]
     error: InputError | None = None
     faces: list[dict[str, Any]] = field(default_factory=list)
+    # the decoded images and their detections, in answer order (``run(keep_images=True)``)
+    images: list[KeptImage] = field(default_factory=list)
+
+
+@dataclass
+class KeptImage:
+    """A decoded image kept for a second look (explanations), at its working resolution.
+
+    ``detections`` are in ``array``'s pixels; ``scale`` multiplies them into the client's
+    (full-resolution) pixels.
+    """
+
+    array: np.ndarray
+    detections: list[Detection]
+    scale: tuple[float, float]
 
 
 @dataclass
 class _Image:
-    request: int
-    array: np.ndarray
-    detections: list[Detection]
+    """What is kept of an image once its faces are cropped (its pixels are not)."""
+
+    detections: list[Detection]  # in pixels of the full-resolution image
+    width: int
+    height: int
     first_face: int  # row of its first face in the batch tensor
+    kept: KeptImage | None = None  # only when the caller asked to keep the pixels
 
 
 Model = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -112,8 +161,10 @@ class Pipeline:
         metadata: ModelMetadata,
         detector: Detector,
         config: ServingConfig | None = None,
+        device: torch.device | str = "cpu",
     ) -> None:
         self.model = model
+        self.device = torch.device(device)
         self.config = config or ServingConfig()
         if self.config.abstain_threshold is not None:
             calibration = metadata.calibration.model_copy(
@@ -135,40 +186,29 @@ class Pipeline:
         return out
 
     def run(
-        self, inputs: Sequence[dict[str, Any]], timings: Timings | None = None
+        self,
+        inputs: Sequence[dict[str, Any]],
+        timings: Timings | None = None,
+        keep_images: bool = False,
     ) -> list[RequestOutcome]:
         timings = timings if timings is not None else Timings()
         parsed = self.parse(inputs)
-        images: list[_Image] = []
-        rows: list[np.ndarray] = []
         failed: dict[int, InputError] = {}
+        opened = self._admit(parsed, failed)
+        rows: list[np.ndarray] = []
         per_request: dict[int, list[_Image]] = {}
-        for r, req in enumerate(parsed):
-            if isinstance(req, InputError):
-                failed[r] = req
-                continue
-            decoded: list[_Image] = []
+        for r, items in opened.items():
+            first_row = len(rows)
             try:
-                for item in req.images:
-                    t0 = time.perf_counter()
-                    array = decode_image(item.data, self.limits)
-                    t1 = time.perf_counter()
-                    dets = self.detector.detect(array) if item.detect else [
-                        whole_image_detection(array)
-                    ]
-                    timings.decode.append(t1 - t0)
-                    timings.detect.append(time.perf_counter() - t1)
-                    decoded.append(_Image(r, array, dets, 0))
+                per_request[r] = [self._faces(img, detect, rows, timings, keep_images)
+                                  for img, detect in items]
             except InputError as err:
                 failed[r] = err
-                continue
-            for img in decoded:
-                img.first_face = len(rows)
-                rows.extend(face_input(img.array, d, self.spec) for d in img.detections)
-            images.extend(decoded)
-            per_request[r] = decoded
-
+                del rows[first_row:]
+            items.clear()  # drop the encoded images of this request as we go
         expr, mask = self._forward(rows, timings)
+        del rows
+        t0 = time.perf_counter()
         outcomes: list[RequestOutcome] = []
         for r, req in enumerate(parsed):
             if r in failed:
@@ -182,8 +222,59 @@ class Pipeline:
             else:
                 body = predictions[0].model_dump(mode="json")
             faces = [f.model_dump(mode="json") for p in predictions for f in p.faces]
-            outcomes.append(RequestOutcome(200, body, faces=faces))
+            kept = [img.kept for img in per_request[r] if img.kept is not None]
+            outcomes.append(RequestOutcome(200, body, faces=faces, images=kept))
+        timings.postprocess += time.perf_counter() - t0
         return outcomes
+
+    def _admit(
+        self, parsed: list[ParsedRequest | InputError], failed: dict[int, InputError]
+    ) -> dict[int, list[tuple[OpenedImage, bool]]]:
+        """Read every header and apply the pixel budgets, before any pixel is decoded.
+
+        Requests are admitted in batch order; one that would overflow what is left of the
+        batch budget is answered 503 (it fits alone: a retry succeeds), later smaller ones
+        may still fit.
+        """
+        admitted: dict[int, list[tuple[OpenedImage, bool]]] = {}
+        batch_pixels = 0
+        for r, req in enumerate(parsed):
+            if isinstance(req, InputError):
+                failed[r] = req
+                continue
+            try:
+                images = [(open_image(item.data, self.limits, self.config.working_side),
+                           item.detect) for item in req.images]
+                pixels = sum(img.decoded_pixels for img, _ in images)
+                check_pixel_budget(pixels, self.limits)
+                if batch_pixels + pixels > self.limits.max_batch_pixels:
+                    raise batch_busy_error(self.limits)
+            except InputError as err:
+                failed[r] = err
+                continue
+            batch_pixels += pixels
+            admitted[r] = images
+        return admitted
+
+    def _faces(
+        self, opened: OpenedImage, detect: bool, rows: list[np.ndarray], timings: Timings,
+        keep: bool = False,
+    ) -> _Image:
+        """Decode, detect and crop one image; append its faces' model inputs to ``rows``."""
+        t0 = time.perf_counter()
+        decoded = decode_opened(opened)
+        t1 = time.perf_counter()
+        array = decoded.array
+        dets = self.detector.detect(array) if detect else [whole_image_detection(array)]
+        t2 = time.perf_counter()
+        first = len(rows)
+        rows.extend(face_input(array, d, self.spec) for d in dets)
+        timings.decode.append(t1 - t0)
+        timings.detect.append(t2 - t1)
+        timings.crop.append(time.perf_counter() - t2)
+        kept = KeptImage(array, dets, decoded.scale) if keep else None
+        return _Image(_to_full_resolution(dets, decoded), decoded.width, decoded.height, first,
+                      kept)
 
     def _forward(
         self, rows: list[np.ndarray], timings: Timings
@@ -192,7 +283,7 @@ class Pipeline:
         if not rows:
             return np.zeros((0, len(self.metadata.labels))), np.zeros((0, 2))
         t0 = time.perf_counter()
-        batch = torch.from_numpy(np.stack(rows)).reshape(len(rows), c, h, w)
+        batch = torch.from_numpy(np.stack(rows)).reshape(len(rows), c, h, w).to(self.device)
         chunk = self.config.max_faces_per_batch
         exprs, masks = [], []
         with torch.inference_mode():
@@ -214,9 +305,24 @@ class Pipeline:
             calibration=self.metadata.calibration,
             reliable_probability=self.config.mask_reliable_probability,
         )
-        h, w = img.array.shape[:2]
         return PredictionResponse(
             faces=faces,
-            image=ImageInfo(width=w, height=h),
+            image=ImageInfo(width=img.width, height=img.height),
             model=ModelInfo(name=self.metadata.name, version=self.metadata.version),
         )
+
+
+def _to_full_resolution(dets: list[Detection], decoded: DecodedImage) -> list[Detection]:
+    """Detections in working-resolution pixels -> the client's (full-resolution) pixels."""
+    sx, sy = decoded.scale
+    if sx == 1.0 and sy == 1.0:
+        return dets
+    factor = np.array([sx, sy], dtype=np.float32)
+    return [
+        Detection(
+            box=(d.box[0] * sx, d.box[1] * sy, d.box[2] * sx, d.box[3] * sy),
+            score=d.score,
+            keypoints=None if d.keypoints is None else d.keypoints * factor,
+        )
+        for d in dets
+    ]

@@ -77,14 +77,59 @@ class KServeV1Response(_Strict):
     predictions: list[PredictionResponse]
 
 
-class AnyResponse(RootModel[PredictionResponse | KServeV1Response | ErrorResponse]):
+class Heatmap(_Strict):
+    """Grad-CAM of one face, as a small picture laid over the image at ``box``."""
+
+    target: str = Field(description="the expression explained (the predicted one by default)")
+    box: tuple[float, float, float, float] = Field(
+        description="[x1, y1, x2, y2] in pixels of the original image that the PNG covers: "
+        "the face crop the model saw, clipped to the image (wider than the face box)"
+    )
+    width: int = Field(ge=1, description="PNG width in pixels (at most 96: stretch it to box)")
+    height: int = Field(ge=1, description="PNG height in pixels")
+    png: str = Field(
+        description="base64 8-bit greyscale PNG: 0 = no evidence, 255 = this face's peak; "
+        "all zero when nothing in the face raises the target's score"
+    )
+
+
+class FaceExplanation(FaceResult):
+    heatmap: Heatmap | None = Field(
+        description="null for faces beyond the per-request cap (the best-scoring faces of "
+        "the request are explained first)"
+    )
+
+
+class ExplanationResponse(_Strict):
+    """Answer to ``POST /explanations/msde``: a prediction whose faces carry heatmaps."""
+
+    faces: list[FaceExplanation]
+    image: ImageInfo
+    model: ModelInfo
+
+
+class KServeV1Explanations(_Strict):
+    """Explanation of a KServe v1 body ``{"instances": [...]}``: one per instance."""
+
+    explanations: list[ExplanationResponse]
+
+
+class AnyResponse(
+    RootModel[
+        PredictionResponse
+        | KServeV1Response
+        | ExplanationResponse
+        | KServeV1Explanations
+        | ErrorResponse
+    ]
+):
     pass
 
 
 def json_schema() -> dict[str, object]:
     schema = AnyResponse.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "msde POST /predictions/msde response"
+    schema["title"] = "msde POST /predictions/msde and /explanations/msde response"
     return schema
 
 

@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_ruff_finds_nothing() -> None:
     ruff = Path(sys.executable).with_name("ruff")
-    proc = subprocess.run([str(ruff), "check", "handler", "training", "tests", "bench", "deploy"],
+    proc = subprocess.run([str(ruff), "check", "handler", "training", "client", "tests", "bench",
+                           "deploy", "tools"],
                           cwd=REPO, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -5,6 +5,8 @@
 #   prometheus               promtool (rule checks) and the real server scraped in
 #                            tests/e2e/test_prometheus_scrape.py
 #   openjdk-17-jre-headless  TorchServe 0.12's frontend runs on Java 17 (e2e tests)
+#   chromium                 the headless browser of tests/e2e/test_client_page.py (the
+#                            msde-client ui page, driven over the DevTools protocol)
 #
 # kubectl (for `kubectl kustomize`) is NOT installed here: Debian 12 has no `kubectl`
 # package, and its `kubernetes-client` is 1.20 whose embedded kustomize v2.0 cannot build
@@ -14,7 +16,7 @@
 # Runs as root in CI (`sudo` is used only when it is not root and sudo exists).
 set -euo pipefail
 
-PACKAGES=(prometheus openjdk-17-jre-headless)
+PACKAGES=(prometheus openjdk-17-jre-headless chromium)
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'

@@ -2,13 +2,15 @@
 
 The archive holds: the TorchScript student as ``msde_student.pt`` (metadata.json inside),
 the ``handler`` package, the BlazeFace detector weights under ``blazeface/`` with their
-licence, and model-config.yaml. Nothing is fetched when TorchServe loads it.
+licence (and the distilled masked-face model when model-config.yaml serves it), and
+model-config.yaml. Nothing is fetched when TorchServe loads it.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -31,15 +33,31 @@ def _stage_handler(dest: Path) -> None:
         shutil.copy2(src, dest / src.name)
 
 
-def _stage_detector(dest: Path, detector_dir: Path | None) -> None:
+def _detector_dir(model_config: Path) -> Path:
+    """The detector folder the config serves: ``MSDE_DETECTOR_DIR`` if set, else the built
+    masked-face detector when the config uses it (built if missing), else the registry's."""
+    import yaml
+
+    from handler.detect import DetectorConfig
+
+    if os.environ.get("MSDE_DETECTOR_DIR"):
+        return Path(os.environ["MSDE_DETECTOR_DIR"])
+    handler = (yaml.safe_load(model_config.read_text()) or {}).get("handler") or {}
+    if "masked" in DetectorConfig.model_validate(handler.get("detector") or {}).needed_models():
+        from training.detector.distill import detector_models
+
+        return detector_models()
+    return fetch("blazeface")
+
+
+def _stage_detector(dest: Path, root: Path) -> None:
     dest.mkdir(parents=True)
-    root = detector_dir or fetch("blazeface")
     onnx = sorted(root.rglob("*.onnx"))
     if not onnx:
         raise FileNotFoundError(f"no .onnx detector weights under {root}")
     for src in onnx:
         shutil.copy2(src, dest / src.name)
-    for name in ("LICENSE", "asset.json"):
+    for name in ("LICENSE", "asset.json", "detector.json"):
         if (root / name).exists():
             shutil.copy2(root / name, dest / name)
 
@@ -62,7 +80,7 @@ def build_archive(
         shutil.copy2(pt_path, stage / STUDENT_FILE)
         extra = stage / "extra"
         _stage_handler(extra / "handler")
-        _stage_detector(extra / "blazeface", detector_dir)
+        _stage_detector(extra / "blazeface", detector_dir or _detector_dir(model_config))
         cmd = [
             sys.executable,
             "-m",

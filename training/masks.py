@@ -39,6 +39,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from training.contact_sheet import contact_sheet, write_sheet
+
 LOG = logging.getLogger(__name__)
 
 MASK_STYLES: tuple[str, ...] = ("surgical", "cloth", "n95", "kn95", "patterned")
@@ -765,17 +767,16 @@ def demo_faces() -> list[tuple[str, np.ndarray, np.ndarray]]:
     ]
 
 
-def contact_sheet(seeds: Sequence[int] = (0, 1), tile: int = 200) -> np.ndarray:
+def demo_sheet(seeds: Sequence[int] = (0, 1), tile: int = 200) -> np.ndarray:
     """Every style on every demo face, one row per (face, seed): RGB uint8."""
-    rows = []
+    tiles = []
     for _, image, kp in demo_faces():
         for seed in seeds:
-            tiles = [_face_tile(image, kp, tile)]
+            tiles.append(_face_tile(image, kp, tile))
             for style in MASK_STYLES:
                 masked = render_mask(image, kp, rng=seed, style=style)
                 tiles.append(_face_tile(masked.image, kp, tile))
-            rows.append(np.hstack(tiles))
-    return np.vstack(rows)
+    return contact_sheet(tiles, columns=1 + len(MASK_STYLES))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -785,10 +786,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    sheet = contact_sheet(args.seeds)
-    args.demo.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(args.demo), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-        raise SystemExit(f"could not write {args.demo}")
+    sheet = demo_sheet(args.seeds)
+    write_sheet(sheet, args.demo)
     print(f"wrote {args.demo} ({sheet.shape[1]}x{sheet.shape[0]})")
     return 0
 

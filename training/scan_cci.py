@@ -26,10 +26,12 @@ disk initialises the trunk):
   ``0.2 * CE(SCAN) + 0.8 * sum over regions of CE(region)`` (``branch_loss``), which
   ``training.train`` applies to any student that defines ``forward_branches``.
 
-The student contract (``training.models.Student``) holds: ``forward`` gives
+The student (``training.models.ScanCciStudent``, ``--student scan_cci``) wires these parts to
+our ResNet-18 trunk and keeps the student contract: ``forward`` gives
 ``(expression_logits, mask_logits)``; the embedding is the pooled ECA-weighted ``layer3``
 map (the deepest features, what the mask head, the contrastive and feature-KD losses read
-and what Grad-CAM hooks, as for every other student); it scripts with TorchScript.
+and what Grad-CAM hooks, as for every other student); it scripts with TorchScript. This
+module holds the parts only, so the student registry can import it (no cycle).
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from training import losses
-from training.models import NUM_EXPRESSIONS, NUM_MASK_STATES, ResNet18Student, Student
 
 # the paper's weights: 0.2 for the attention branch, 0.8 for each CCI region
 ATTENTION_LOSS_WEIGHT = 0.2
@@ -158,60 +159,16 @@ class ComplementaryContext(nn.Module):
         return self.classifier(torch.stack(pooled, dim=1))
 
 
-class ScanCciStudent(Student):
-    """SCAN-CCI on a ResNet-18 trunk of base ``width`` (layers 1-3; layer4 is not used)."""
+def branch_loss(branches: Tensor, labels: Tensor, label_smoothing: float) -> Tensor:
+    """The paper's loss: ``0.2 * CE(SCAN) + 0.8 * sum of the regions' CE``.
 
-    def __init__(
-        self, *, width: int = 64, in_channels: int = 3, num_classes: int = NUM_EXPRESSIONS,
-        grid: int = 4,
-    ) -> None:
-        super().__init__()
-        # borrow the trunk (and its initialisation) of our ResNet-18 student
-        trunk = ResNet18Student(width=width, in_channels=in_channels, num_classes=num_classes)
-        self.conv1, self.bn1, self.relu = trunk.conv1, trunk.bn1, trunk.relu
-        self.maxpool = trunk.maxpool
-        self.layer1, self.layer2, self.layer3 = trunk.layer1, trunk.layer2, trunk.layer3
-        self.scan = SpatioChannelAttentionNet(2 * width, grid, num_classes)
-        self.cci = ComplementaryContext(4 * width, num_classes)
-        self.embed_dim = 4 * width
-        self.mask_head = nn.Linear(self.embed_dim, NUM_MASK_STATES)
-        self.branch_weights = [ATTENTION_LOSS_WEIGHT] + [
-            1.0 - ATTENTION_LOSS_WEIGHT
-        ] * (REGIONS_PER_SIDE * REGIONS_PER_SIDE)
-
-    def _mid(self, x: Tensor) -> Tensor:
-        return self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
-
-    def feature_map(self, x: Tensor) -> Tensor:
-        return self.cci.eca(self.layer3(self._mid(x)))
-
-    def cam_layer(self) -> nn.Module:
-        return self.cci.eca
-
-    def forward_branches(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(branch logits [N, 1 + regions, classes]: SCAN first, mask logits, embedding)."""
-        mid = self._mid(x)
-        deep = self.cci.eca(self.layer3(mid))
-        embedding = deep.mean(dim=(2, 3))
-        branches = torch.cat(
-            [self.scan(mid).unsqueeze(1), self.cci.region_logits(deep)], dim=1
+    ``branches`` [N, 1 + regions, classes], SCAN first (``ScanCciStudent.forward_branches``).
+    """
+    total = ATTENTION_LOSS_WEIGHT * losses.expression_ce(
+        branches[:, 0], labels, label_smoothing=label_smoothing
+    )
+    for b in range(1, branches.shape[1]):
+        total = total + (1.0 - ATTENTION_LOSS_WEIGHT) * losses.expression_ce(
+            branches[:, b], labels, label_smoothing=label_smoothing
         )
-        return branches, self.mask_head(embedding), embedding
-
-    def combine_branches(self, branches: Tensor) -> Tensor:
-        """The paper's prediction: the mean of the branches' logits."""
-        return branches.mean(dim=1)
-
-    def forward_all(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        branches, mask, embedding = self.forward_branches(x)
-        return self.combine_branches(branches), mask, embedding
-
-    @torch.jit.unused
-    def branch_loss(self, branches: Tensor, labels: Tensor, label_smoothing: float) -> Tensor:
-        """The paper's loss: ``0.2 * CE(SCAN) + 0.8 * sum of the regions' CE``."""
-        total = branches.new_zeros(())
-        for b, weight in enumerate(self.branch_weights):
-            total = total + weight * losses.expression_ce(
-                branches[:, b], labels, label_smoothing=label_smoothing
-            )
-        return total
+    return total

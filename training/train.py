@@ -6,11 +6,16 @@
   ``alpha`` * MSE of their L2-normalised embeddings (paper), optionally supervised
   contrastive loss (``--supcon``).
 * ``distill``: a frozen teacher sees the unmasked image; the student sees the masked one
-  (the unmasked one with probability ``p_unmasked``) and matches the teacher's pooled
-  features (``kd_lambda`` * MSE, via a learnt projection when widths differ) and/or its
-  softened logits (Hinton KL at ``kd_temperature``), plus CE where labels exist.
+  (the unmasked one with probability ``p_unmasked``; both with ``distill_views: both``) and
+  matches the teacher's pooled features (``kd_lambda`` * MSE, via a learnt projection when
+  widths differ) and/or its softened logits (Hinton KL at ``kd_temperature``), plus CE where
+  labels exist. Without a teacher, the records' soft targets (the ``face_pool`` layout's
+  teachers, computed once) are the KL targets.
 
 Every paradigm trains the mask-state head on the views it shows (unmasked = 0, masked = 1).
+``frozen_stages`` keeps the student's first stages as initialised; ``feature_bank_views``
+then trains on their cached output (``training.feature_bank``). The served default model is
+a config of this loop (``configs/default_model.yaml``, released by ``training.release``).
 A run folder holds ``config.yaml`` (resolved), ``metrics.csv`` (one row per epoch),
 ``model_{epoch}.pth``, ``checkpoint.pth`` (latest, for ``--resume``) and ``best.pth``.
 Multi-process training: launch with ``torchrun --nproc-per-node N -m training.train ...``.
@@ -40,14 +45,9 @@ from tqdm import tqdm
 from handler.contract import InputSpec, read_metadata
 from training import losses
 from training.config import TrainConfig, parse_config, save_config
-from training.data import (
-    FaceRecord,
-    PairedFaceDataset,
-    fixed_split,
-    load_records,
-    predefined_split,
-    subject_kfold,
-)
+from training.data import FaceRecord, PairedFaceDataset, load_records, split_records
+from training.evaluate.run import evaluate_model
+from training.feature_bank import FeatureBank
 from training.models import (
     NUM_EXPRESSIONS,
     Student,
@@ -122,30 +122,6 @@ def seed_everything(seed: int) -> None:
 # --------------------------------------------------------------------------- data
 
 
-@dataclass(frozen=True)
-class Splits:
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-
-def split_records(records: list[FaceRecord], cfg: TrainConfig) -> Splits:
-    """Subject-independent train / val / test indices as the config asks.
-
-    k-fold: the fold's test subjects are held out; validation subjects are carved out of
-    the remaining ones (``val_fraction``), so model selection never sees the test fold.
-    """
-    if cfg.split == "fixed":
-        return Splits(*fixed_split(records, cfg.val_fraction, cfg.test_fraction, cfg.seed))
-    if cfg.split == "predefined":
-        return Splits(*predefined_split(records))
-    train_val, test = subject_kfold(records, cfg.folds, cfg.seed)[cfg.fold]
-    inner_train, inner_val, _ = fixed_split(
-        [records[i] for i in train_val], cfg.val_fraction, 0.0, cfg.seed
-    )
-    return Splits(train_val[inner_train], train_val[inner_val], test)
-
-
 def student_input_spec(cfg: TrainConfig) -> InputSpec:
     spec = default_input_spec(cfg.student)
     if cfg.input_size is None:
@@ -208,27 +184,53 @@ def load_frozen_teacher(ref: str) -> tuple[FrozenTeacher, InputSpec]:
 
 
 class TrainNet(nn.Module):
-    """The student plus what only training needs (the feature-KD projection).
+    """The student plus what only training needs (the feature-KD projection, frozen stages).
 
     The projection is a learnt linear map (FitNets' regressor) even when the widths match:
     matching the teacher through an identity would force the whole embedding to forget the
     mask, and the mask head reads that embedding; through ``P`` it only has to agree with
     the teacher in the subspace ``P`` keeps. One module so DDP synchronises everything.
 
+    The first ``frozen_stages`` of the student keep their weights and BatchNorm statistics;
+    with a feature bank the inputs are their output already (``inputs_at_stage``).
+
     A multi-branch student (``forward_branches``, e.g. SCAN-CCI) is supervised on each
     branch by its own ``branch_loss``; the other paradigm terms see its combined prediction.
     """
 
-    def __init__(self, student: Student, teacher_dim: int | None) -> None:
+    def __init__(
+        self, student: Student, teacher_dim: int | None, frozen_stages: int = 0,
+        inputs_at_stage: int = 0,
+    ) -> None:
         super().__init__()
         self.student = student
         self.projection: nn.Module = nn.Identity()
         if teacher_dim is not None:
             self.projection = nn.Linear(student.embed_dim, teacher_dim)
+        stages = student.stages() if frozen_stages or inputs_at_stage else []
+        if frozen_stages >= len(stages) > 0:
+            raise ValueError(f"{type(student).__name__} has {len(stages)} stages; freezing "
+                             f"{frozen_stages} would leave nothing to train")
+        self.frozen = stages[:frozen_stages]
+        self.trained = stages[inputs_at_stage:]
+        self.inputs_at_stage = inputs_at_stage
+        for m in self.frozen:
+            m.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> TrainNet:
+        super().train(mode)
+        for m in self.frozen:
+            m.eval()
+        return self
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """(expression logits, mask logits, embedding, projection, branch logits [N, B, 7])."""
-        if hasattr(self.student, "forward_branches"):
+        if self.inputs_at_stage:
+            for stage in self.trained:
+                x = stage(x)
+            expr, mask, emb = self.student.heads(x)
+            branches = expr.unsqueeze(1)
+        elif hasattr(self.student, "forward_branches"):
             branches, mask, emb = self.student.forward_branches(x)
             expr = self.student.combine_branches(branches)
         else:
@@ -269,8 +271,7 @@ def paradigm_step(
     n = u.shape[0]
     terms: dict[str, Tensor] = {}
 
-    if cfg.paradigm == "distill":
-        assert teacher is not None
+    if cfg.paradigm == "distill" and cfg.distill_views == "sample":
         show_unmasked = torch.rand(n, generator=generator) < cfg.p_unmasked
         views = (~show_unmasked).long().to(device)
         x = torch.where(show_unmasked.to(device)[:, None, None, None], u, m)
@@ -290,7 +291,7 @@ def paradigm_step(
     # keeps the head in the graph for DDP)
     mask_weight = 0.0 if cfg.unmasked_only else cfg.mask_weight
     terms["mask"] = losses.mask_state_ce(mask, views)
-    total = terms["ce"] + mask_weight * terms["mask"]
+    total = cfg.ce_weight * terms["ce"] + mask_weight * terms["mask"]
 
     if cfg.paradigm == "contrastive":
         terms["pair"] = losses.paired_embedding_mse(emb[:n], emb[n:])
@@ -302,9 +303,15 @@ def paradigm_step(
             )
             total = total + cfg.supcon_weight * terms["supcon"]
     elif cfg.paradigm == "distill":
-        assert teacher is not None
-        with torch.no_grad():
-            t_logits, t_features = teacher(batch["teacher_unmasked"].to(device))
+        t_features: Tensor | None = None
+        if teacher is None:  # the records' soft targets: log-probabilities are logits
+            t_logits = batch["soft_target"].to(device).clamp_min(1e-12).log()
+        else:
+            with torch.no_grad():
+                t_logits, t_features = teacher(batch["teacher_unmasked"].to(device))
+        if len(x) > n:  # both views of every pair match the unmasked answer
+            t_logits = torch.cat([t_logits, t_logits])
+            t_features = None if t_features is None else torch.cat([t_features, t_features])
         if cfg.kd in ("feature", "both"):
             if t_features is None:
                 raise ValueError("this teacher exposes no features; use --kd kl")
@@ -380,8 +387,6 @@ def validate(
     student: Student, dataset: Dataset, device: torch.device, batch_size: int
 ) -> dict[str, float]:
     """Per-mask-state validation metrics (``training.evaluate``), as CSV-ready floats."""
-    from training.evaluate import evaluate_model
-
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     result = evaluate_model(student, loader, device, name="val")
     student.train()
@@ -395,8 +400,12 @@ def validate(
 
 
 def selection_score(cfg: TrainConfig, val: dict[str, float]) -> float:
-    """What ``best.pth`` maximises: accuracy over both views (unmasked only for that run)."""
-    return val["val_acc_unmasked"] if cfg.unmasked_only else val["val_acc_all"]
+    """What ``best.pth`` maximises: (masked + w * unmasked) / (1 + w) validation accuracy
+    (unmasked only for an unmasked-only run)."""
+    if cfg.unmasked_only:
+        return val["val_acc_unmasked"]
+    w = cfg.select_unmasked_weight
+    return (val["val_acc_masked"] + w * val["val_acc_unmasked"]) / (1.0 + w)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -460,6 +469,41 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def make_optimizer(cfg: TrainConfig, net: TrainNet) -> torch.optim.Optimizer:
+    """The optimiser over the trained parameters; the mask head in a group of its own when
+    it has its own learning rate (it starts from random weights, the rest may not)."""
+    head = {id(p) for p in net.student.mask_head.parameters()}
+    trained = [p for p in net.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": trained, "lr": cfg.lr}]
+    if cfg.mask_head_lr is not None:
+        groups = [{"params": [p for p in trained if id(p) not in head], "lr": cfg.lr},
+                  {"params": [p for p in trained if id(p) in head], "lr": cfg.mask_head_lr}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: warm-up then cosine (or flat), or one cycle (warm-up share)."""
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.scheduler == "onecycle":
+        share = cfg.warmup_epochs / cfg.epochs
+        if not 1 < share * total_steps < total_steps - 1:
+            raise ValueError(f"onecycle: a warm-up of {share * total_steps:.1f} of "
+                             f"{total_steps} steps leaves a phase empty")
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total_steps, pct_start=share,
+        )
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.scheduler)
+    )
+
+
 def _loader_iter(loader: DataLoader, limit: int | None) -> Iterator[dict[str, Tensor]]:
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
@@ -500,8 +544,7 @@ def train(
     teacher: FrozenTeacher | None = None
     teacher_spec: InputSpec | None = None
     teacher_dim: int | None = None
-    if cfg.paradigm == "distill":
-        assert cfg.teacher is not None
+    if cfg.paradigm == "distill" and cfg.teacher is not None:
         teacher, teacher_spec = load_frozen_teacher(cfg.teacher)
         teacher = teacher.to(device)
         with torch.no_grad():
@@ -509,9 +552,10 @@ def train(
         if t_feat is not None and cfg.kd in ("feature", "both"):
             teacher_dim = int(t_feat.shape[1])
 
-    train_set = dataset_factory(
+    train_set: Dataset = dataset_factory(
         [records[i] for i in splits.train], spec, teacher_spec=teacher_spec,
         augment=cfg.augment, seed=cfg.seed, mask_styles=cfg.mask_styles,
+        augmentation=cfg.augmentation,
     )
     val_set = dataset_factory(
         [records[i] for i in splits.val], spec, augment=False, seed=cfg.seed + 1,
@@ -519,14 +563,17 @@ def train(
     )
 
     student = create_student(cfg.student, pretrained=cfg.pretrained, in_channels=spec.input_size[0])
-    net = TrainNet(student, teacher_dim).to(device)
-    params = [p for p in net.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+    banked = cfg.frozen_stages if cfg.feature_bank_views else 0
+    net = TrainNet(student, teacher_dim, cfg.frozen_stages, inputs_at_stage=banked).to(device)
+    num_workers = cfg.num_workers
+    if cfg.feature_bank_views:
+        train_set = FeatureBank(
+            train_set, net.frozen, cfg.feature_bank_views, seed=cfg.seed,
+            batch_size=cfg.batch_size, num_workers=cfg.num_workers, device=device,
+            progress=cfg.progress and procs.main,
         )
-    else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        num_workers = 0  # the bank is in memory
+    optimizer = make_optimizer(cfg, net)
 
     sampler: DistributedSampler | RandomSampler
     generator = torch.Generator()
@@ -535,17 +582,13 @@ def train(
     else:
         sampler = RandomSampler(train_set, generator=generator)
     loader = DataLoader(
-        train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+        train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=num_workers,
         drop_last=len(train_set) > cfg.batch_size * procs.world_size,
         pin_memory=device.type == "cuda",
     )
     steps_per_epoch = len(loader) if cfg.limit_train_batches is None else min(
         len(loader), cfg.limit_train_batches)
-    total_steps = max(1, cfg.epochs * steps_per_epoch)
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, warmup, cfg.scheduler)
-    )
+    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
 
     start_epoch, best_score, best_epoch, best_val = 1, -math.inf, 0, {}
     resume = cfg.resume_path()
@@ -602,13 +645,14 @@ def train(
         stats.reduce(device)
 
         if procs.main:
-            val = validate(net.student, val_set, device, cfg.batch_size)
+            validating = epoch % cfg.validate_every == 0 or epoch == cfg.epochs
+            val = validate(net.student, val_set, device, cfg.batch_size) if validating else {}
             row: dict[str, Any] = {"epoch": epoch, **stats.row(), **val,
                                    "lr": epoch_lr,
                                    "time_s": round(time.time() - t0, 2)}
             rows.append(row)
             _write_metrics(metrics_path, rows)
-            score = selection_score(cfg, val)
+            score = selection_score(cfg, val) if validating else -math.inf
             improved = score > best_score
             if improved:
                 best_score, best_epoch, best_val = score, epoch, val
@@ -620,7 +664,9 @@ def train(
                 "epoch": epoch,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))},
+                # no wall time: an exported model carries these, and two runs must match
+                "metrics": {k: v for k, v in row.items()
+                            if isinstance(v, (int, float)) and k != "time_s"},
                 "projection": net.projection.state_dict(),
                 "rng": _rng_state(),
                 "best_score": best_score,
@@ -632,11 +678,12 @@ def train(
             _save(ckpt, out_dir / "checkpoint.pth")
             if improved:
                 _save(ckpt, out_dir / "best.pth")
-            LOG.info(
-                "epoch %d: loss %.4f, val acc unmasked %.3f masked %.3f%s (%.1fs)", epoch,
-                row["loss"], val["val_acc_unmasked"], val["val_acc_masked"],
-                " *" if improved else "", row["time_s"],
-            )
+            if validating:
+                LOG.info(
+                    "epoch %d: loss %.4f, val acc unmasked %.3f masked %.3f%s (%.1fs)", epoch,
+                    row["loss"], val["val_acc_unmasked"], val["val_acc_masked"],
+                    " *" if improved else "", row["time_s"],
+                )
         if procs.distributed:
             dist.barrier()
 

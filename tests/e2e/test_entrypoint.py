@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.e2e.server import free_port, isolated_ports
-from tests.imaging import encode
+from testkit.server import free_port, isolated_ports
+from testkit.imaging import encode
 
 pytestmark = pytest.mark.e2e
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.e2e.server import ServedModel
-from tests.imaging import encode
+from testkit.server import ServedModel
+from testkit.imaging import encode
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.server import ServedModel
-from tests.imaging import encode
+from testkit.server import ServedModel
+from testkit.imaging import encode
 
 pytestmark = pytest.mark.e2e
 

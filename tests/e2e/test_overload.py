@@ -14,22 +14,20 @@ and a small job queue, so that a few dozen concurrent clients are far above its 
   server is answered before it exits 0.
 
 All waits are bounded; the figures (counts, latencies) are printed and go to docs, never
-into assertions. ``bench/load.py`` reuses ``blast`` for longer runs.
+into assertions. ``bench/load.py`` runs the same ``testkit.load.blast`` for longer.
 """
 
 from __future__ import annotations
 
 import base64
-import collections
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,94 +35,20 @@ import pytest
 import requests
 import yaml
 
-from tests.corpus import jpeg
-from tests.e2e.server import ServedModel, free_port, isolated_ports, start_server
-from tests.imaging import encode
+from testkit.corpus import jpeg
+from testkit.imaging import encode
+from testkit.load import RETRYABLE, blast
+from testkit.server import ServedModel, free_port, isolated_ports, start_server
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUE = 8  # job_queue_size of the overload server
 RESPONSE_TIMEOUT_S = 3
-RETRYABLE = {429, 503}
 # TorchServe's own answers for the jobs of a batch whose worker died (killed, or stopped
 # for exceeding responseTimeout): 500 "Worker died." / 507, JSON bodies -- see
 # docs/reliability.md; clients retry them like 503.
 WORKER_DIED = {500, 507}
-
-
-@dataclass
-class LoadResult:
-    """What a burst of requests ended with: HTTP statuses, client-side failures, latencies."""
-
-    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
-    failures: collections.Counter[str] = field(default_factory=collections.Counter)
-    latencies: list[float] = field(default_factory=list)
-    bodies_500: list[str] = field(default_factory=list)
-    first_body: dict[int, str] = field(default_factory=dict)  # one sample per status
-
-    @property
-    def sent(self) -> int:
-        return sum(self.statuses.values()) + sum(self.failures.values())
-
-    @property
-    def rejected(self) -> int:
-        return sum(n for s, n in self.statuses.items() if s in RETRYABLE)
-
-    def summary(self) -> dict[str, object]:
-        lat = sorted(self.latencies) or [0.0]
-        return {"sent": self.sent, "statuses": dict(self.statuses),
-                "failures": dict(self.failures), "rejected": self.rejected,
-                "p50_s": round(lat[len(lat) // 2], 3), "max_s": round(lat[-1], 3)}
-
-
-def blast(url: str, payload: bytes, *, total: int, concurrency: int, timeout: float = 120.0,
-          keep_going: Callable[[], bool] = lambda: True) -> LoadResult:
-    """POST ``payload`` ``total`` times from ``concurrency`` threads, one connection each time.
-
-    A fresh connection per request: a failure can then only be the server's doing (no stale
-    keep-alive connection), and a refused connect is told apart from a reset one.
-    """
-    result = LoadResult()
-    lock = threading.Lock()
-    counter = iter(range(total))
-
-    def worker() -> None:
-        while True:
-            with lock:
-                if next(counter, None) is None or not keep_going():
-                    return
-            start = time.monotonic()
-            try:
-                r = requests.post(url, data=payload, timeout=timeout,
-                                  headers={"Connection": "close"})
-            except requests.RequestException as exc:
-                kind = failure_kind(exc)
-                with lock:
-                    result.failures[kind] += 1
-                continue
-            with lock:
-                result.statuses[r.status_code] += 1
-                result.latencies.append(time.monotonic() - start)
-                result.first_body.setdefault(r.status_code, r.text[:300])
-                if r.status_code >= 500 and r.status_code not in RETRYABLE:
-                    result.bodies_500.append(r.text[:300])
-
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return result
-
-
-def failure_kind(exc: requests.RequestException) -> str:
-    text = repr(exc)
-    if isinstance(exc, requests.Timeout):
-        return "timeout"
-    if "Connection refused" in text or "NewConnectionError" in text:
-        return "refused"
-    return "reset"  # the connection broke after the request was sent
 
 
 def overload_model_config(path: Path) -> Path:
@@ -137,7 +61,7 @@ def overload_model_config(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def overload_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.e2e.student import build_test_student
+    from testkit.student import build_test_student
     from training.archive import build_archive
 
     root = tmp_path_factory.mktemp("overload-store")

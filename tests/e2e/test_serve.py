@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from handler.schema import json_schema
-from tests.e2e.server import ServedModel
-from tests.imaging import encode
+from testkit.server import ServedModel
+from testkit.imaging import encode
 
 pytestmark = pytest.mark.e2e
 SCHEMA = json_schema()

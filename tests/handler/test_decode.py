@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handler.decode import DecodeLimits, InputError, decode_image, parse_request
-from tests.imaging import encode
+from handler.decode import (
+    DecodeLimits,
+    InputError,
+    decode_image,
+    decode_opened,
+    open_image,
+    parse_request,
+    reduction_for,
+)
+from testkit.corpus import oriented_jpeg, png_bomb
+from testkit.imaging import encode
 
 
 def _img(h: int = 40, w: int = 60) -> np.ndarray:
@@ -99,14 +108,6 @@ def _chunk(kind: bytes, payload: bytes) -> bytes:
             + struct.pack(">I", zlib.crc32(kind + payload)))
 
 
-def png_bomb(w: int, h: int) -> bytes:
-    """A PNG declaring w x h pixels whose data is a few hundred bytes of zeros."""
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 65536, 9)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat)
-            + _chunk(b"IEND", b""))
-
-
 def test_decompression_bomb_is_refused_before_decoding() -> None:
     bomb = png_bomb(20000, 20000)
     assert len(bomb) < 1000
@@ -192,3 +193,56 @@ def test_malformed_requests_have_stable_codes(inputs: dict, code: str) -> None:
         parse_request(inputs)
     assert e.value.code == code
     assert e.value.body()["error"]["message"]
+
+
+# -- working resolution and pixel budgets ----------------------------------------------
+@pytest.mark.parametrize(("size", "side", "k"), [
+    ((640, 480), 1024, 1), ((2048, 1000), 1024, 2), ((4000, 3000), 1024, 2),
+    ((6000, 6600), 1024, 4), ((12000, 3000), 1024, 8), ((4000, 3000), None, 1),
+    ((4096, 100), 512, 8),
+])
+def test_reduction_keeps_the_long_side_at_the_working_side(
+    size: tuple[int, int], side: int | None, k: int
+) -> None:
+    assert reduction_for(size, side) == k
+    if k > 1:
+        assert max(size) // k >= side
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_big_image_decodes_at_working_resolution_and_reports_its_full_size(fmt: str) -> None:
+    raw = encode(_img(1100, 2400), fmt)
+    opened = open_image(raw, working_side=1024)
+    # a JPEG is DCT-scaled while decoding: its decoded pixels are counted at that scale
+    assert opened.decoded_pixels == (1200 * 550 if fmt == "JPEG" else 2400 * 1100)
+    decoded = decode_opened(opened)
+    assert decoded.array.shape == (550, 1200, 3)
+    assert (decoded.width, decoded.height) == (2400, 1100)
+    assert decoded.scale == (2.0, 2.0)
+    assert decode_image(raw).shape == (1100, 2400, 3)  # training: always full resolution
+
+
+def test_reduced_decode_keeps_the_picture() -> None:
+    gradient = np.linspace(0, 255, 2400, dtype=np.float32)[None, :, None]
+    image = np.broadcast_to(gradient, (1200, 2400, 3)).astype(np.uint8)
+    reduced = decode_opened(open_image(encode(image, "JPEG", quality=95), working_side=1024))
+    expected = image[::2, ::2].astype(np.float32)
+    assert np.abs(reduced.array.astype(np.float32) - expected).mean() < 3.0
+
+
+def test_exif_rotation_swaps_the_reported_size_of_a_reduced_image() -> None:
+    from PIL import Image as PILImage
+
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    raw = encode(_img(1100, 2400), "JPEG", exif=exif.tobytes())
+    decoded = decode_opened(open_image(raw, working_side=1024))
+    assert decoded.array.shape == (1200, 550, 3)
+    assert (decoded.width, decoded.height) == (1100, 2400)
+    small = decode_opened(open_image(oriented_jpeg(6), working_side=1024))
+    assert (small.width, small.height) == (48, 80) and small.scale == (1.0, 1.0)
+
+
+def test_flat_bomb_within_the_image_limit_is_counted_before_decoding() -> None:
+    opened = open_image(png_bomb(6000, 6600), DecodeLimits(), working_side=1024)
+    assert opened.decoded_pixels == 6000 * 6600  # PNG: decoded at full size, then reduced

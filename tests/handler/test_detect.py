@@ -11,15 +11,14 @@ import pydantic
 import pytest
 
 from handler.align import roll_angle
+from handler.candidates import Candidates, iou_matrix, suppress_nested, weighted_nms
 from handler.detect import (
+    MODEL_FILES,
     DetectorConfig,
     FaceDetector,
-    _Candidates,
-    iou_matrix,
+    letterbox_matrix,
     rotation_matrix,
-    suppress_nested,
     tile_regions,
-    weighted_nms,
 )
 from handler.faces import Detection
 from training.assets import fetch
@@ -226,7 +225,9 @@ def test_face_cut_by_the_border_gets_a_box_inside_the_image(
     # crop through the middle of her face: the box must be clipped, not run off the image
     x_cut = int((ASTRONAUT_FACE[0] + ASTRONAUT_FACE[2]) / 2 - 15)
     part = np.ascontiguousarray(astronaut[20:300, x_cut:])
-    for face in detector.detect(part):
+    faces = detector.detect(part)
+    assert faces, "the cut face must still be found for its box to be checked"
+    for face in faces:
         x1, y1, x2, y2 = face.box
         assert 0.0 <= x1 < x2 <= part.shape[1] and 0.0 <= y1 < y2 <= part.shape[0]
 
@@ -266,7 +267,7 @@ def test_missing_model_file_is_reported(tmp_path: Path) -> None:
 def test_weighted_nms_blends_overlaps_and_keeps_separate_faces() -> None:
     kp = np.zeros((3, 6, 2), np.float32)
     kp[1] += 10.0
-    cands = _Candidates(
+    cands = Candidates(
         centres=np.array([[100, 100], [110, 100], [400, 400]], np.float32),
         sizes=np.array([[50, 50], [50, 50], [60, 60]], np.float32),
         keypoints=kp,
@@ -300,7 +301,7 @@ def test_detections_are_plain_face_records(detector: FaceDetector, astronaut: np
 
 
 def test_box_around_a_better_face_is_suppressed() -> None:
-    cands = _Candidates(
+    cands = Candidates(
         centres=np.array([[200, 200], [210, 190], [500, 200]], np.float32),
         sizes=np.array([[100, 100], [260, 260], [100, 100]], np.float32),
         keypoints=np.zeros((3, 6, 2), np.float32),
@@ -322,3 +323,71 @@ def test_threshold_below_the_verification_band_reports_candidates_directly(
     faces = FaceDetector(model_dir, cfg).detect(astronaut)
     assert faces and np.allclose(faces[0].box, ASTRONAUT_FACE, atol=BOX_TOLERANCE)
     assert all(f.score >= 0.2 for f in faces)
+
+
+@pytest.fixture(scope="module")
+def free_size_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The registry back model re-exported with a free input size under the 'masked' name:
+    the serving path of the built masked model, without training one."""
+    from training.detector.blazeface import export_onnx, load_onnx
+
+    out = tmp_path_factory.mktemp("free_size")
+    export_onnx(load_onnx(model_dir / MODEL_FILES["back"]), out / MODEL_FILES["masked"])
+    return out
+
+
+ONE_PASS = DetectorConfig(models=("masked",), rotations=(0.0,), candidate_threshold=0.5)
+
+
+def test_free_size_model_sees_a_landscape_photo_unpadded_and_finds_the_face(
+    free_size_dir: Path, astronaut: np.ndarray
+) -> None:
+    # the astronaut on the left of a 640x480 frame: seen at 256x192, no letterbox bands
+    frame = np.full((480, 640, 3), 90, np.uint8)
+    frame[:, :480] = cv2.resize(astronaut, (480, 480), interpolation=cv2.INTER_AREA)
+    det = FaceDetector(free_size_dir, ONE_PASS)
+    assert det._models["masked"].input_hw((480, 640)) == (192, 256)
+    assert det._models["masked"].input_hw((640, 480)) == (256, 192)
+    faces = det.detect(frame)
+    assert len(faces) == 1
+    expected = np.array(ASTRONAUT_FACE) * (480 / 512)
+    assert np.allclose(faces[0].box, expected, atol=BOX_TOLERANCE), faces[0].box
+
+
+@pytest.mark.parametrize("config", [ONE_PASS, DetectorConfig()], ids=["masked", "default"])
+def test_detect_many_gives_what_detect_gives_image_by_image(
+    free_size_dir: Path, model_dir: Path, config: DetectorConfig, astronaut: np.ndarray,
+    grace_hopper: np.ndarray,
+    collage: tuple[np.ndarray, list[tuple[float, float, float, float]]],
+) -> None:
+    folder = free_size_dir if "masked" in config.models else model_dir
+    det = FaceDetector(folder, config)
+    images = [astronaut, grace_hopper, collage[0], astronaut[::2, ::2].copy(),
+              np.zeros((64, 64, 3), np.uint8)]
+    many = det.detect_many(images)
+    assert [len(m) for m in many][:4] == [1, 1, 4, 1]
+    for found, image in zip(many, images):
+        one = det.detect(image)
+        assert len(found) == len(one)
+        for a, b in zip(found, one):
+            assert np.allclose(a.box, b.box, atol=0.05) and a.score == pytest.approx(b.score,
+                                                                                      abs=1e-4)
+
+
+def test_detect_many_refuses_a_bad_image_among_good_ones(
+    detector: FaceDetector, astronaut: np.ndarray
+) -> None:
+    with pytest.raises(ValueError, match="image"):
+        detector.detect_many([astronaut, np.zeros((8, 8), np.uint8)])
+
+
+@pytest.mark.parametrize("size_hw", [(256, 256), (192, 256), (256, 160)])
+def test_letterbox_fits_the_region_centred_with_its_aspect(size_hw: tuple[int, int]) -> None:
+    m = letterbox_matrix((0.0, 0.0, 640.0, 480.0), size_hw)
+    corners = np.array([[0.0, 0.0], [640.0, 480.0]]) @ m[:, :2].T + m[:, 2]
+    (x1, y1), (x2, y2) = corners
+    h, w = size_hw
+    assert (x2 - x1) / (y2 - y1) == pytest.approx(640 / 480)
+    assert x1 >= -1e-6 and y1 >= -1e-6 and x2 <= w + 1e-6 and y2 <= h + 1e-6
+    assert (x1 + x2) / 2 == pytest.approx(w / 2) and (y1 + y2) / 2 == pytest.approx(h / 2)
+    assert min(x1, y1, w - x2, h - y2) == pytest.approx(0.0, abs=1e-6)

@@ -4,7 +4,7 @@ The properties are what keeps one hostile request from failing anything but itse
 and parsing raise nothing but ``InputError``; whatever decodes is an RGB image within the
 limits; preprocessing of any box yields finite tensors; a batch mixing fuzzed and good
 requests answers every request with 200 or a 4xx. Seeds are the generated corpus
-(``tests/corpus.py``). The budget here is bounded (seconds); ``bench/fuzz.py`` runs the same
+(``testkit/corpus.py``). The budget here is bounded (seconds); ``bench/fuzz.py`` runs the same
 properties with ``MSDE_FUZZ_SCALE`` times the examples, plus a longer mutation loop.
 """
 
@@ -27,7 +27,7 @@ from handler.decode import DecodeLimits, InputError, decode_image, parse_request
 from handler.faces import Detection
 from handler.contract import InputSpec, read_metadata
 from handler.pipeline import Pipeline, ServingConfig
-from tests.corpus import (
+from testkit.corpus import (
     all_finite,
     accept_cases,
     jpeg,

@@ -13,7 +13,7 @@ from handler.faces import Detection
 from handler.contract import Calibration, read_metadata
 from handler.pipeline import Pipeline, ServingConfig
 from handler.schema import json_schema
-from tests.imaging import encode
+from testkit.imaging import encode
 
 SCHEMA = json_schema()
 
@@ -138,3 +138,62 @@ def test_model_config_thresholds_override_the_fitted_ones(tiny_student_pt: Path)
 def test_invalid_threshold_override_is_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):
         ServingConfig(abstain_threshold=bad)
+
+
+# -- memory bounded by design: pixel budgets, working resolution --------------------------
+def _budgeted(tiny_student_pt: Path, **limits: int) -> Pipeline:
+    model = CountingModel(torch.jit.load(str(tiny_student_pt)))
+    return Pipeline(model, read_metadata(tiny_student_pt), FixedDetector(),
+                    ServingConfig(**limits))
+
+
+def _kserve(*images: bytes) -> dict:
+    return {"body": {"instances": [{"data": base64.b64encode(i).decode()} for i in images]}}
+
+
+def test_request_over_the_pixel_budget_is_413_before_decoding(tiny_student_pt: Path) -> None:
+    pipe = _budgeted(tiny_student_pt, max_request_pixels=3 * 120 * 160)
+    outcomes = pipe.run([_kserve(*[_image(seed=i) for i in range(4)]), {"body": _image()}])
+    assert [o.status for o in outcomes] == [413, 200]
+    assert outcomes[0].body["error"]["code"] == "too_many_pixels"
+    assert pipe.detector.calls == 1  # only the other request's image was decoded
+    assert pipe.model.batches == [1]
+
+
+def test_batch_over_its_pixel_budget_answers_503_and_the_rest_200(
+    tiny_student_pt: Path,
+) -> None:
+    pipe = _budgeted(tiny_student_pt, max_request_pixels=2 * 120 * 160,
+                     max_batch_pixels=3 * 120 * 160)
+    two = _kserve(_image(seed=1), _image(seed=2))
+    outcomes = pipe.run([two, two, {"body": _image(seed=3)}, two])
+    assert [o.status for o in outcomes] == [200, 503, 200, 503]
+    for o in outcomes[1::2]:
+        assert o.body["error"]["code"] == "server_busy"
+        jsonschema.validate(json.loads(json.dumps(o.body)), SCHEMA)
+    assert pipe.detector.calls == 3 and pipe.model.batches == [3]
+
+
+def test_worst_case_body_of_the_issue_is_refused_unread(tiny_student_pt: Path) -> None:
+    """16 flat 6000x6600 PNGs (each within the 40 MP image limit): 413 from the headers."""
+    from testkit.corpus import png_bomb
+
+    pipe = _budgeted(tiny_student_pt)
+    (outcome,) = pipe.run([_kserve(*[png_bomb(6000, 6600)] * 16)])
+    assert outcome.status == 413 and outcome.body["error"]["code"] == "too_many_pixels"
+    assert pipe.detector.calls == 0
+
+
+def test_a_failing_image_takes_its_request_s_faces_out_of_the_forward(
+    pipeline: Pipeline,
+) -> None:
+    outcomes = pipeline.run([_kserve(_image(seed=1), b"\xff\xd8junk"), {"body": _image()}])
+    assert [o.status for o in outcomes] == [400, 200]
+    assert pipeline.model.batches == [1]
+
+
+def test_boxes_are_in_full_resolution_pixels_when_decoded_smaller(pipeline: Pipeline) -> None:
+    (outcome,) = pipeline.run([{"body": _image(1000, 2200)}])
+    assert outcome.body["image"] == {"width": 2200, "height": 1000}
+    (face,) = outcome.body["faces"]
+    assert face["box"] == pytest.approx([550.0, 250.0, 1650.0, 750.0], abs=2.0)

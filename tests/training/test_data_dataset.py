@@ -116,7 +116,7 @@ def test_flip_keeps_the_subjects_right_eye_first() -> None:
 def test_flip_mirrors_the_crop(records: list[FaceRecord]) -> None:
     record = records[0]
     image = record.pixels
-    flip_only = replace(NO_AUG, flip_p=1.0)
+    flip_only = NO_AUG.model_copy(update={"flip_p": 1.0})
     (flipped,), det = augment_pair([image], record.detection, np.random.default_rng(0), flip_only)
     original = face_input(image, record.detection, SPEC)
     mirrored = face_input(flipped, det, SPEC)
@@ -126,7 +126,7 @@ def test_flip_mirrors_the_crop(records: list[FaceRecord]) -> None:
 def test_whole_image_augmentation_warps_the_image() -> None:
     image = np.zeros((40, 40, 3), np.uint8)
     image[:, :20] = 255
-    rotate = replace(NO_AUG, max_rotate_deg=20.0)
+    rotate = NO_AUG.model_copy(update={"max_rotate_deg": 20.0})
     det = Detection(box=(0.0, 0.0, 40.0, 40.0), score=1.0)
     (out,), new_det = augment_pair([image], det, np.random.default_rng(1), rotate)
     assert new_det == det
@@ -211,3 +211,9 @@ def test_worker_processes_give_the_same_batches(records: list[FaceRecord]) -> No
         assert set(x) == set(y)
         for key in x:
             assert torch.equal(x[key], y[key])
+
+
+def test_geometry_only_augmentation_leaves_the_pixels_alone(records: list[FaceRecord]) -> None:
+    image = records[0].pixels
+    (same,), det = augment_pair([image], records[0].detection, np.random.default_rng(0), NO_AUG)
+    assert np.array_equal(same, image) and det.box == pytest.approx(records[0].detection.box)

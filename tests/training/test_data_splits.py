@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.data import DataError, FaceRecord, fixed_split, predefined_split, subject_kfold
+from training.data import (
+    DataError,
+    FaceRecord,
+    fixed_split,
+    holdout_split,
+    predefined_split,
+    subject_kfold,
+)
 
 PIXELS = np.zeros((4, 4, 3), dtype=np.uint8)
 
@@ -117,3 +126,25 @@ def test_predefined_split_follows_the_data_set() -> None:
 def test_predefined_split_without_split_information_is_an_error() -> None:
     with pytest.raises(DataError, match="no predefined split"):
         predefined_split(make_records([1, 1]))
+
+
+def _with_reserved(records: list[FaceRecord], reserved: set[str]) -> list[FaceRecord]:
+    return [replace(r, split="test") if r.subject in reserved else r for r in records]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_holdout_split_tests_the_reserved_records_whatever_the_seed(seed: int) -> None:
+    records = _with_reserved(make_records([3, 1, 2, 5, 1, 1, 4, 2, 1, 3]), {"s001", "s004"})
+    train, val, test = holdout_split(records, val=0.2, seed=seed)
+    assert subjects(records, test) == {"s001", "s004"}
+    assert not subjects(records, train) & subjects(records, val)
+    assert sorted([*train, *val, *test]) == list(range(len(records)))
+
+
+def test_holdout_split_needs_reserved_records_and_whole_subjects() -> None:
+    with pytest.raises(DataError, match="reserves"):
+        holdout_split(make_records([2, 2, 2]))
+    records = make_records([2, 2, 2])
+    half = [replace(records[0], split="test"), *records[1:]]  # one of s00x's two records
+    with pytest.raises(DataError, match="both reserved"):
+        holdout_split(half)

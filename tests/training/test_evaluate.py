@@ -20,9 +20,11 @@ from training.evaluate import (
     confusion,
     evaluate_model,
     macro_f1,
+    majority_baseline,
     mean_std,
     metrics_from_views,
     per_class_recall,
+    wilson_interval,
     write_report,
 )
 from training.models import create_student
@@ -247,7 +249,7 @@ def _tiny_run(tmp_path: Path) -> Path:
 
 def test_cli_evaluates_checkpoint_and_writes_calibration(tmp_path: Path) -> None:
     from handler.contract import Calibration
-    from training.evaluate import main
+    from training.evaluate.cli import main
 
     out = tmp_path / "report"
     assert main(["--checkpoint", str(_tiny_run(tmp_path)), "--out", str(out),
@@ -263,7 +265,7 @@ def test_cli_evaluates_checkpoint_and_writes_calibration(tmp_path: Path) -> None
 
 
 def test_cli_evaluates_torchscript_with_data_config(tmp_path: Path, tiny_student_pt: Path) -> None:
-    from training.evaluate import main
+    from training.evaluate.cli import main
 
     data = tmp_path / "data.yaml"
     data.write_text("layout: synthetic\nn_subjects: 3\nimages_per_subject: 2\nimage_size: 48\n")
@@ -274,3 +276,49 @@ def test_cli_evaluates_torchscript_with_data_config(tmp_path: Path, tiny_student
     assert metrics["folds"][0]["metrics"]["all"]["n"] == 12
     assert not (out / "calibration.json").exists()  # no validation split evaluated
     assert _is_png(out / "confusion_all.png")
+
+
+# ---------------------------------------------------------------- intervals and the abstention rule
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (5, 10), (10, 10), (7, 21)])
+def test_wilson_interval_contains_the_proportion(k: int, n: int) -> None:
+    lo, hi = wilson_interval(k, n)
+    assert 0.0 <= lo <= k / n <= hi <= 1.0
+
+
+def test_wilson_interval_matches_a_hand_computation() -> None:
+    # 8/20: p = 0.4, z = 1.959964; centre (p + z²/2n) / (1 + z²/n), half-width z sqrt(...)
+    z, n, p = 1.959964, 20, 0.4
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    assert wilson_interval(8, 20) == pytest.approx((centre - half, centre + half), abs=1e-6)
+
+
+def test_majority_baseline_is_the_most_frequent_label() -> None:
+    m = majority_baseline(np.array([3, 3, 6, -1, 3, 6]))
+    assert (m.label, m.k, m.n) == (3, 3, 5)
+    assert m.accuracy == pytest.approx(0.6)
+
+
+def test_a_state_no_better_than_the_majority_class_abstains() -> None:
+    from handler.contract import Calibration
+    from training.evaluate.run import abstain_unless_better_than_majority
+
+    labels = np.array([3] * 60 + [6] * 40)  # majority: 60%
+    right = np.eye(7)[labels] * 5.0
+    constant = np.eye(7)[[3] * 100] * 5.0  # always the majority class
+    fitted = Calibration(fitted_on="test", abstain_threshold={"unmasked": 0.1, "masked": 0.3})
+    weak = abstain_unless_better_than_majority(fitted, _result(right, constant, labels, "val"))
+    assert weak.abstain_threshold == {"unmasked": 0.1, "masked": 1.0}
+    assert weak.fitted_on and "masked accuracy 60/100 does not beat" in weak.fitted_on
+    strong = _result(right, right, labels, "val")
+    assert abstain_unless_better_than_majority(fitted, strong) == fitted
+
+
+def test_metrics_carry_counts_interval_and_predictions() -> None:
+    labels = np.array([0, 1, 2, 3])
+    r = _result(np.eye(7)[labels] * 5.0, np.eye(7)[[6, 6, 2, 3]] * 5.0, labels, "x")
+    masked = r.metrics["masked"].to_json()
+    assert masked["correct"] == 2 and masked["predicted"]["neutral"] == 2
+    assert masked["accuracy_ci95"] == pytest.approx(wilson_interval(2, 4))

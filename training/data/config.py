@@ -11,16 +11,40 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
+class Augmentation(BaseModel):
+    """Ranges of the random pair augmentation (``training.data.dataset.augment_pair``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    flip_p: float = Field(0.5, ge=0.0, le=1.0)
+    max_rotate_deg: float = Field(10.0, ge=0.0, le=180.0)
+    scale: tuple[float, float] = (0.9, 1.1)
+    max_shift: float = Field(
+        0.05, ge=0.0, description="of the face box side (of the image side for whole images)"
+    )
+    brightness: float = Field(0.12, ge=0.0, description="of full scale")
+    contrast: tuple[float, float] = (0.8, 1.2)
+    saturation: tuple[float, float] = (0.7, 1.3)
+
+    @field_validator("scale", "contrast", "saturation")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1]:
+            raise ValueError(f"a range needs 0 < low <= high, got {v}")
+        return v
+
+
 class DataConfig(BaseModel):
     """Data-set selection; validated at the config edge so loaders can trust it."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    layout: Literal["msde", "folders", "fer2013", "synthetic"]
+    layout: Literal["msde", "folders", "fer2013", "synthetic", "face_pool"]
     root: Path | None = Field(
         None,
         description="msde: folder holding MSD-E/, MSD-ME/, Paired_files.txt; folders: the "
-        "class-folder tree; fer2013: the CSV file (or a folder holding fer2013.csv)",
+        "class-folder tree; fer2013: the CSV file (or a folder holding fer2013.csv); "
+        "face_pool: the pool cache (default: MSDE_FACE_POOL_CACHE or .cache/face_pool)",
     )
     # folders layout
     subject_regex: str | None = Field(
@@ -48,6 +72,16 @@ class DataConfig(BaseModel):
     )
     verify_images: bool = Field(True, description="decode every image once at load time")
     strict: bool = Field(False, description="unreadable images are an error, not skipped")
+    # face_pool layout
+    teachers: tuple[str, ...] = Field(
+        ("fer",), min_length=1,
+        description="face_pool: teachers (training.teachers) whose mean probabilities on the "
+        "unmasked face are each record's soft target; its label is their top class",
+    )
+    sources: tuple[str, ...] | None = Field(
+        None, description="face_pool: the pool sources to use (default: all)"
+    )
+    max_per_identity: int = Field(20, ge=1, description="face_pool: faces kept per person")
     # synthetic layout
     n_subjects: int = Field(70, ge=1)
     images_per_subject: int = Field(28, ge=1)
@@ -69,8 +103,18 @@ class DataConfig(BaseModel):
     def _lower_dotted(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in v)
 
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from training.data.face_pool.sources import SOURCES
+
+        unknown = sorted(set(v or ()) - set(SOURCES))
+        if unknown:
+            raise ValueError(f"unknown face-pool sources {unknown}; known: {', '.join(SOURCES)}")
+        return v
+
     @model_validator(mode="after")
     def _root_needed(self) -> DataConfig:
-        if self.layout != "synthetic" and self.root is None:
+        if self.layout not in ("synthetic", "face_pool") and self.root is None:
             raise ValueError(f"layout {self.layout!r} needs 'root'")
         return self

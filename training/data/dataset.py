@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from handler.align import face_input, whole_image_detection
 from handler.faces import Detection
 from handler.contract import InputSpec
+from training.data.config import Augmentation
 from training.data.detections import FaceFinder, main_face, mask_keypoints
 from training.data.images import load_rgb, read_rgb
 from training.data.records import FaceRecord
@@ -37,19 +38,6 @@ _MIRROR = np.array([1, 0, 2, 3, 5, 4])
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-@dataclass(frozen=True)
-class Augmentation:
-    """Ranges of the random pair augmentation."""
-
-    flip_p: float = 0.5
-    max_rotate_deg: float = 10.0
-    scale: tuple[float, float] = (0.9, 1.1)
-    max_shift: float = 0.05  # of the face box side (of the image side for whole-image crops)
-    brightness: float = 0.12  # of full scale
-    contrast: tuple[float, float] = (0.8, 1.2)
-    saturation: tuple[float, float] = (0.7, 1.3)
-
-
 def flip_detection(detection: Detection, width: int) -> Detection:
     """The same face in the horizontally mirrored image (keypoints swap sides)."""
     x1, y1, x2, y2 = detection.box
@@ -57,7 +45,7 @@ def flip_detection(detection: Detection, width: int) -> Detection:
     if kp is not None:
         kp = np.asarray(kp, dtype=np.float32)[_MIRROR].copy()
         kp[:, 0] = width - kp[:, 0]
-    return Detection(box=(width - x2, y1, width - x1, y2), score=detection.score, keypoints=kp)
+    return replace(detection, box=(width - x2, y1, width - x1, y2), keypoints=kp)
 
 
 def _similarity(centre: np.ndarray, degrees: float, scale: float, shift: np.ndarray) -> np.ndarray:
@@ -76,7 +64,7 @@ def _move_detection(detection: Detection, m: np.ndarray) -> Detection:
     if kp is not None:
         kp = (np.asarray(kp, np.float64) @ m[:, :2].T + m[:, 2]).astype(np.float32)
     box = (centre[0] - hw, centre[1] - hh, centre[0] + hw, centre[1] + hh)
-    return Detection(box=tuple(float(v) for v in box), score=detection.score, keypoints=kp)
+    return replace(detection, box=tuple(float(v) for v in box), keypoints=kp)
 
 
 def augment_pair(
@@ -122,6 +110,8 @@ def augment_pair(
 
 
 def _colour(image: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
+    if brightness == 0.0 and contrast == 1.0 and saturation == 1.0:
+        return image  # what the arithmetic below gives, without its cost on big photos
     x = image.astype(np.float32)
     grey = (x @ _LUMA)[..., None]
     x = grey + saturation * (x - grey)
@@ -131,7 +121,8 @@ def _colour(image: np.ndarray, brightness: float, contrast: float, saturation: f
 
 class PairedFaceDataset(Dataset[dict[str, torch.Tensor]]):
     """Items: ``unmasked`` / ``masked`` [C, H, W] per ``spec``, ``label``, ``subject``, ``index``
-    (and ``teacher_unmasked`` / ``teacher_masked`` per ``teacher_spec`` when given).
+    (and ``teacher_unmasked`` / ``teacher_masked`` per ``teacher_spec`` when given, and
+    ``soft_target`` when the records carry one: all of them or none).
 
     Faces are located by ``record.detection``; else by ``detector`` (once per image and
     worker; prefer ``resolve_detections`` beforehand, which caches on disk); else the image
@@ -157,6 +148,10 @@ class PairedFaceDataset(Dataset[dict[str, torch.Tensor]]):
                 raise ValueError(f"mask_styles must be a non-empty subset of {MASK_STYLES}, "
                                  f"got {mask_styles}")
         self.records = list(records)
+        with_targets = {r.soft_target is not None for r in self.records}
+        if len(with_targets) > 1:
+            raise ValueError("some records have a soft_target and some do not")
+        self.soft_targets = with_targets == {True}
         self.spec = spec
         self.teacher_spec = teacher_spec
         self.augment = augment
@@ -168,6 +163,7 @@ class PairedFaceDataset(Dataset[dict[str, torch.Tensor]]):
         self.subjects: list[str] = sorted({r.subject for r in self.records})
         self._subject_index = {s: k for k, s in enumerate(self.subjects)}
         self._found: dict[int, Detection] = {}
+        self._last_image: tuple[int, np.ndarray] | None = None
         self.whole_image_fallbacks = 0
 
     def __len__(self) -> int:
@@ -194,7 +190,15 @@ class PairedFaceDataset(Dataset[dict[str, torch.Tensor]]):
         self._found[index] = found
         return found
 
-    def masked_view(self, index: int, image: np.ndarray, detection: Detection) -> np.ndarray:
+    def _image(self, index: int) -> np.ndarray:
+        """The record's decoded image; the last one is kept (views of a face in a row)."""
+        if self._last_image is None or self._last_image[0] != index:
+            self._last_image = (index, load_rgb(self.records[index]))
+        return self._last_image[1]
+
+    def masked_view(
+        self, index: int, image: np.ndarray, detection: Detection, epoch: int
+    ) -> np.ndarray:
         """The masked twin of ``image``: the real photo if there is one, else synthetic."""
         record = self.records[index]
         if record.masked_path is not None:
@@ -202,21 +206,25 @@ class PairedFaceDataset(Dataset[dict[str, torch.Tensor]]):
             if masked.shape != image.shape:  # keep the pair pixel-aligned
                 masked = cv2.resize(masked, image.shape[1::-1], interpolation=cv2.INTER_AREA)
             return masked
-        rng = np.random.default_rng([self.seed, index, self.epoch, 0])
+        rng = np.random.default_rng([self.seed, index, epoch, 0])
         style = None
         if self.mask_styles is not None:
             style = self.mask_styles[int(rng.integers(len(self.mask_styles)))]
         return render_mask(image, mask_keypoints(detection), rng=rng, style=style).image
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.item(index, self.epoch)
+
+    def item(self, index: int, epoch: int) -> dict[str, torch.Tensor]:
+        """Item ``index`` as epoch ``epoch`` shows it (a pure function of both and the seed)."""
         if not 0 <= index < len(self.records):
             raise IndexError(index)
         record = self.records[index]
-        image = load_rgb(record)
+        image = self._image(index)
         detection = self._detection(index, record, image)
-        masked = self.masked_view(index, image, detection)
+        masked = self.masked_view(index, image, detection, epoch)
         if self.augment:
-            rng = np.random.default_rng([self.seed, index, self.epoch, 1])
+            rng = np.random.default_rng([self.seed, index, epoch, 1])
             (image, masked), detection = augment_pair(
                 [image, masked], detection, rng, self.augmentation
             )
@@ -234,4 +242,6 @@ class PairedFaceDataset(Dataset[dict[str, torch.Tensor]]):
             item["teacher_masked"] = torch.from_numpy(
                 face_input(masked, detection, self.teacher_spec)
             )
+        if record.soft_target is not None:
+            item["soft_target"] = torch.from_numpy(np.asarray(record.soft_target, np.float32))
         return item

@@ -21,6 +21,7 @@ from handler.contract import EXPRESSION_LABELS
 from training.assets import DEFAULT_CACHE
 from training.data.config import DataConfig
 from training.data.detections import default_detector, resolve_detections
+from training.data.face_pool.records import pool_records
 from training.data.images import unreadable_reason
 from training.data.records import DataError, FaceRecord, LoadReport, SkippedItem, SplitName
 from training.data.synthetic import generate_faces
@@ -69,6 +70,8 @@ def load_report(cfg: DataConfig) -> LoadReport:
     if cfg.layout == "synthetic":
         records = generate_faces(cfg.n_subjects, cfg.images_per_subject, cfg.image_size, cfg.seed)
         return LoadReport(records, [])
+    if cfg.layout == "face_pool":
+        return LoadReport(pool_records(cfg), [])
     assert cfg.root is not None  # DataConfig guarantees it
     if cfg.layout == "msde":
         report = load_msde(cfg)

@@ -38,7 +38,11 @@ class FaceRecord:
     Exactly one of ``image_path`` / ``pixels`` holds the image. ``detection`` is the face in
     that image (``None``: the dataset resolves it with a detector, or treats the image as a
     ready-made face crop). ``split`` is a partition the data set itself prescribes (FER2013's
-    ``Usage``, ``train/`` ``test/`` folders), used by ``predefined_split``.
+    ``Usage``, ``train/`` ``test/`` folders, the face pool's reserved faces), used by
+    ``predefined_split`` and ``holdout_split``. ``soft_target`` is a teacher's distribution
+    over the expressions on this (unmasked) face, for distillation without an online
+    teacher; a pseudo-labelled face's ``label`` is its top class. ``source`` says where a
+    face comes from, for reports.
     """
 
     label: int
@@ -48,10 +52,16 @@ class FaceRecord:
     masked_path: Path | None = None
     detection: Detection | None = None
     split: SplitName | None = None
+    soft_target: np.ndarray | None = None  # (7,) probabilities, msde order
+    source: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.label < len(EXPRESSION_LABELS):
             raise ValueError(f"label {self.label} outside 0..{len(EXPRESSION_LABELS) - 1}")
+        if self.soft_target is not None and np.shape(self.soft_target) != (
+            len(EXPRESSION_LABELS),
+        ):
+            raise ValueError(f"soft_target must have {len(EXPRESSION_LABELS)} values")
         if not self.subject:
             raise ValueError("subject must not be empty")
         if (self.image_path is None) == (self.pixels is None):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -106,3 +108,66 @@ def predefined_split(
         np.flatnonzero(split == "val"),
         np.flatnonzero(split == "test"),
     )
+
+
+SplitKind = Literal["fixed", "kfold", "predefined", "holdout"]
+
+
+class SplitSettings(Protocol):
+    """The split fields of a training config (``training.config.TrainConfig``)."""
+
+    split: SplitKind
+    folds: int
+    fold: int
+    val_fraction: float
+    test_fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Record indices of each part of a split."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def holdout_split(
+    records: Sequence[FaceRecord], val: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Test = the records the data set reserves (``split == "test"``); train / val by subject
+    over the rest, as ``fixed_split`` cuts them.
+
+    For a data set with a group that must never be trained, tuned or selected on (the face
+    pool's reserved evaluation sources), whatever the seed.
+    """
+    reserved = np.array([r.split == "test" for r in records], dtype=bool)
+    test, rest = np.flatnonzero(reserved), np.flatnonzero(~reserved)
+    if not len(test):
+        raise DataError("a holdout split needs records the data set reserves for testing")
+    shared = {records[i].subject for i in test} & {records[i].subject for i in rest}
+    if shared:
+        raise DataError(f"{len(shared)} subject(s) both reserved for testing and not",
+                        sorted(shared))
+    train, val_idx, _ = fixed_split([records[i] for i in rest], val, 0.0, seed)
+    return rest[train], rest[val_idx], test
+
+
+def split_records(records: Sequence[FaceRecord], cfg: SplitSettings) -> Splits:
+    """Subject-independent train / val / test indices as the config asks.
+
+    k-fold: the fold's test subjects are held out; validation subjects are carved out of
+    the remaining ones (``val_fraction``), so model selection never sees the test fold.
+    """
+    if cfg.split == "fixed":
+        return Splits(*fixed_split(records, cfg.val_fraction, cfg.test_fraction, cfg.seed))
+    if cfg.split == "predefined":
+        return Splits(*predefined_split(records))
+    if cfg.split == "holdout":
+        return Splits(*holdout_split(records, cfg.val_fraction, cfg.seed))
+    train_val, test = subject_kfold(records, cfg.folds, cfg.seed)[cfg.fold]
+    inner_train, inner_val, _ = fixed_split(
+        [records[i] for i in train_val], cfg.val_fraction, 0.0, cfg.seed
+    )
+    return Splits(train_val[inner_train], train_val[inner_val], test)

@@ -19,39 +19,29 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from handler.contract import EXPRESSION_LABELS, CropSpec, InputSpec
-from training.teachers.fer_xception import tf_same_padding
+from handler.contract import CropSpec, InputSpec
+from training.teachers.keras_hdf5 import copy_param, tf_same_padding
+from training.teachers.labels import msde_order
 
 LOG = logging.getLogger(__name__)
 
 FACEAPI_LABELS: tuple[str, ...] = (
     "neutral", "happy", "sad", "angry", "fearful", "disgusted", "surprised"
 )
-_MSDE_TO_FACEAPI_NAME: dict[str, str] = {
-    "surprise": "surprised",
-    "fear": "fearful",
-    "disgust": "disgusted",
-    "happiness": "happy",
-    "sadness": "sad",
-    "anger": "angry",
-    "neutral": "neutral",
-}
-FACEAPI_TO_MSDE: list[int] = [
-    FACEAPI_LABELS.index(_MSDE_TO_FACEAPI_NAME[m]) for m in EXPRESSION_LABELS
-]
+FACEAPI_TO_MSDE: list[int] = list(msde_order(FACEAPI_LABELS))
 FACEAPI_MEAN_RGB: tuple[float, float, float] = (122.782, 117.001, 104.298)
 MANIFEST_IN_ASSET = Path("model/face_expression_model-weights_manifest.json")
 # face-api crops the detector's box (or the landmarks' square) without margin and without
-# levelling the eyes; we level them (rotate) as for every msde network, see docs/teachers.md
+# levelling the eyes; we level them (rotate) as for every msde network. Scale and shift for
+# BlazeFace boxes chosen by measurement (python -m training.teachers.report crops).
 FACEAPI_INPUT_SPEC = InputSpec(
     input_size=(3, 112, 112),
     mean=tuple(m / 255.0 for m in FACEAPI_MEAN_RGB),
     std=(1.0, 1.0, 1.0),
-    crop=CropSpec(scale=1.0, shift_y=0.0, rotate=True),
+    crop=CropSpec(scale=1.2, shift_y=0.0, rotate=True),
 )
 BLOCK_WIDTHS: tuple[int, ...] = (32, 64, 128, 256)
 
@@ -165,13 +155,6 @@ def decode_tfjs_weights(manifest_path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _copy(param: Tensor, value: np.ndarray) -> None:
-    if tuple(param.shape) != value.shape:
-        raise ValueError(f"shape mismatch: parameter {tuple(param.shape)} vs weights {value.shape}")
-    with torch.no_grad():
-        param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
-
-
 def load_tfjs_weights(model: FaceExpressionNet, manifest_path: Path) -> None:
     """Copy the face-api weights into ``model``; every stored tensor must be used once."""
     weights = decode_tfjs_weights(manifest_path)
@@ -186,20 +169,20 @@ def load_tfjs_weights(model: FaceExpressionNet, manifest_path: Path) -> None:
         for c, conv in enumerate((block.conv0, block.conv1, block.conv2, block.conv3)):
             prefix = f"dense{b}/conv{c}/"
             if isinstance(conv, SameConv2d):  # plain conv: HWIO filters
-                _copy(conv.conv.weight, take(prefix + "filters").transpose(3, 2, 0, 1))
+                copy_param(conv.conv.weight, take(prefix + "filters").transpose(3, 2, 0, 1))
                 assert conv.conv.bias is not None
-                _copy(conv.conv.bias, take(prefix + "bias"))
+                copy_param(conv.conv.bias, take(prefix + "bias"))
             else:
                 assert isinstance(conv, SeparableConv)
                 # depthwise (kh, kw, C, 1) -> (C, 1, kh, kw); pointwise (1, 1, Cin, Cout)
-                _copy(conv.depthwise.conv.weight,
+                copy_param(conv.depthwise.conv.weight,
                       take(prefix + "depthwise_filter").transpose(2, 3, 0, 1))
-                _copy(conv.pointwise.weight,
+                copy_param(conv.pointwise.weight,
                       take(prefix + "pointwise_filter").transpose(3, 2, 0, 1))
                 assert conv.pointwise.bias is not None
-                _copy(conv.pointwise.bias, take(prefix + "bias"))
-    _copy(model.fc.weight, take("fc/weights").T)
-    _copy(model.fc.bias, take("fc/bias"))
+                copy_param(conv.pointwise.bias, take(prefix + "bias"))
+    copy_param(model.fc.weight, take("fc/weights").T)
+    copy_param(model.fc.bias, take("fc/bias"))
     unused = set(weights) - used
     if unused:
         raise ValueError(f"{manifest_path}: weights {sorted(unused)} were not loaded")

