@@ -145,6 +145,9 @@ class BenchmarkConfig(BaseModel):
     limit_train_batches: int | None = Field(None, ge=1)
     timing_rounds: int = Field(7, ge=1, description="interleaved rounds of the ms/face timing")
     timing_calls: int = Field(20, ge=1, description="batch-1 forwards per round")
+    notes: tuple[str, ...] = Field(
+        (), description="provenance of a recorded run, appended to the report's notes"
+    )
 
     @field_validator("student", "scan_cci_student", "best_student")
     @classmethod
@@ -580,6 +583,16 @@ def findings(rows: list[dict[str, Any]], alpha: float = 0.05) -> list[str]:
                    f" (Δ {100 * r['masked_accuracy_diff']:+.1f}, "
                    f"p {_p(r['masked_accuracy_p'])})")
                 for r in runs) + ".")
+        longest = [r for r in rows if r["epochs"] == groups[-1] and r["name"] in MASK_AWARE
+                   and r["reference"]]
+        winners = [r for r in longest
+                   if r["masked_accuracy_p"] < alpha and r["masked_accuracy_diff"] > 0]
+        lines.append(
+            f"- So, with {groups[-1]} instead of {groups[0]} epochs, does a masked-aware "
+            "paradigm beat the mixed baseline on masked faces? "
+            + (f"Yes: {_names(winners)} (p < {alpha} unadjusted)." if winners else
+               f"No: none of {_names(longest)} is above it at p < {alpha}, unadjusted.")
+        )
     return lines
 
 
@@ -692,6 +705,7 @@ def write_outputs(
         "## Notes",
         "",
         *_notes(bcfg),
+        *(f"- {note}" for note in bcfg.notes),
         "- On real data: `msde-benchmark --config configs/benchmark_msde.yaml --data-root "
         "/data/msde --md reports/benchmark_msde.md --json reports/benchmark_msde.json` runs the "
         "paper's 10 folds with the full-width students; any layout `training.data` reads works "
@@ -738,6 +752,8 @@ def load_benchmark_config(args: dict[str, Any]) -> BenchmarkConfig:
     for dest, text in args.items():
         if dest == "methods":
             value: Any = [m.strip() for m in text.split(",") if m.strip()]
+        elif dest == "notes":
+            value = [text]
         elif dest in ("out_dir", "data.root"):
             value = text
         else:

@@ -65,9 +65,10 @@ def test_two_fold_tiny_comparison_writes_a_well_formed_paper_table(tmp_path: Pat
     assert by["contrastive"]["gflops"] == by["baseline"]["gflops"]  # same architecture
 
     md, js = tmp_path / "b.md", tmp_path / "b.json"
-    write_outputs(result, bcfg, "msde-benchmark --tiny", md, js)
+    noted = bcfg.model_copy(update={"notes": ("Trained at commit abc.",)})
+    write_outputs(result, noted, "msde-benchmark --tiny", md, js)
     text = md.read_text()
-    assert "msde-benchmark --tiny" in text
+    assert "msde-benchmark --tiny" in text and "\n- Trained at commit abc.\n" in text
     main = _table(text, "| method | student |")
     assert len(main) == 2 + len(METHODS)
     assert all(len(cells) == len(main[0]) == 13 for cells in main)
@@ -89,12 +90,16 @@ def test_two_fold_tiny_comparison_writes_a_well_formed_paper_table(tmp_path: Pat
 def test_longer_runs_get_their_own_teacher_and_reference_and_finished_runs_are_reused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bcfg = tiny_config(tmp_path / "runs", methods=("baseline", "baseline@2", "distill@2"))
+    methods = ("baseline", "distill", "baseline@2", "distill@2")
+    bcfg = tiny_config(tmp_path / "runs", methods=methods)
     first = run_benchmark(bcfg)
-    assert [r["method"] for r in first.rows] == ["baseline", "baseline@2", "distill@2"]
+    assert [r["method"] for r in first.rows] == list(methods)
     assert next(r for r in first.rows if r["method"] == "distill@2")["reference"] == "baseline@2"
     teacher = tmp_path / "runs" / "fold0" / "baseline_unmasked_only@2" / "best.pth"
     assert teacher.is_file()  # distill@2 was taught by an unmasked-only run of 2 epochs
+    answer = benchmark.findings(first.rows)[-1]
+    assert "with 2 instead of 1 epochs, does a masked-aware paradigm beat" in answer
+    assert "`distill@2`" in answer and answer.split("?")[1].strip().split(":")[0] in ("Yes", "No")
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished run was trained again")
@@ -154,6 +159,7 @@ def test_config_file_then_flags_runs_any_data_layout(tmp_path: Path) -> None:
     bcfg = load_benchmark_config(args)
     assert bcfg.data.layout == "msde" and bcfg.data.root == Path("/data/MSD-E")
     assert bcfg.folds == 10 and bcfg.epochs == 20 and bcfg.methods == ("baseline", "scan_cci")
+    assert load_benchmark_config({"notes": "a, b: c"}).notes == ("a, b: c",)
     defaults = BenchmarkConfig()
     assert defaults.folds == 10 and defaults.data.layout == "synthetic"  # the paper's k
     refined = load_benchmark_config({"data.n_subjects": "12"})
