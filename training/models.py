@@ -319,13 +319,14 @@ class ScanCciStudent(Student):
         return self.cci.eca(self.layer3(self._mid(x)))
 
     def expression_head(self, fmap: Tensor, embedding: Tensor) -> Tensor:
-        """What the ECA-weighted map alone predicts: its regions' mean logits.
+        """The ECA-weighted map's share of the prediction: its regions' logits over 5 branches.
 
-        The SCAN branch reads the stride-8 map, so of the full prediction only the regions
-        depend on this map, and Grad-CAM on it (``cam_features``, ``handler.explain``) is the
-        full prediction's Grad-CAM up to a positive factor (4/5).
+        The SCAN branch reads the stride-8 map, a constant as far as this map goes, so
+        Grad-CAM on it (``cam_features``, ``handler.explain``) is exactly the full
+        prediction's Grad-CAM.
         """
-        return self.cci.region_logits(fmap).mean(dim=1)
+        regions = self.cci.region_logits(fmap)
+        return regions.sum(dim=1) / (regions.shape[1] + 1)  # + 1: the SCAN branch
 
     def cam_layer(self) -> nn.Module:
         return self.cci.eca

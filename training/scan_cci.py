@@ -149,7 +149,7 @@ class ComplementaryContext(nn.Module):
         self.eca = EfficientChannelAttention(channels)
         self.classifier = nn.Sequential(
             nn.Linear(channels, channels // reduction),
-            nn.ReLU(inplace=True),
+            nn.ReLU(),  # not in place: served Grad-CAM differentiates this head (scripted)
             nn.Linear(channels // reduction, num_classes),
         )
 
