@@ -39,13 +39,22 @@ def load_image(source: str | Path | bytes) -> Image.Image:
         return ImageOps.exif_transpose(img).convert("RGB")
 
 
-def face_label(face: FaceResult) -> str:
-    """'happiness 93%', 'uncertain (fear 41%)' when the service abstained, + 'masked'."""
+def answer_text(face: FaceResult) -> str:
+    """The face's answer: 'happiness 93%', 'negative 74% (group)' when only the group of
+    expressions is told, 'uncertain (fear 41%)' when the service abstained."""
+    a = face.answer
+    if a.level == "expression":
+        return f"{a.label} {a.probability:.0%}"
+    if a.level == "group":
+        return f"{a.label} {a.probability:.0%} (group)"
     probabilities = face.expression.probabilities
     top = max(probabilities, key=lambda name: probabilities[name])
-    p = f"{face.expression.probability:.0%}"
-    text = f"{face.expression.label} {p}" if face.expression.label != "uncertain" else (
-        f"uncertain ({top} {p})")
+    return f"uncertain ({top} {face.expression.probability:.0%})"
+
+
+def face_label(face: FaceResult) -> str:
+    """``answer_text`` + ', masked' for masked faces."""
+    text = answer_text(face)
     return f"{text}, masked" if face.mask.label == "masked" else text
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from client.api import Result
+from client.draw import answer_text
 
 SUMMARY_FIELDS = (
     "file", "face", "x1", "y1", "x2", "y2", "score", "mask", "mask_probability",
-    "expression", "probability", "error",
+    "expression", "probability", "answer", "answer_level", "answer_probability", "error",
 )
 
 
@@ -30,7 +31,8 @@ def summary_rows(result: Result) -> list[dict[str, Any]]:
             "file": result.source, "face": i, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
             "score": face.score, "mask": face.mask.label,
             "mask_probability": face.mask.probability, "expression": face.expression.label,
-            "probability": face.expression.probability,
+            "probability": face.expression.probability, "answer": face.answer.label,
+            "answer_level": face.answer.level, "answer_probability": face.answer.probability,
         })
     return rows
 
@@ -45,13 +47,14 @@ def format_result(result: Result) -> str:
     lines = [f"{result.source}  {r.image.width}x{r.image.height}  "
              f"{n} face{'s' if n != 1 else ''}"]
     if n:
-        lines.append(f"  {'#':>2}  {'box (x1,y1 - x2,y2)':<24}{'mask':<16}expression")
+        lines.append(f"  {'#':>2}  {'box (x1,y1 - x2,y2)':<24}{'mask':<16}"
+                     f"{'expression':<20}answer")
     for i, face in enumerate(r.faces):
         x1, y1, x2, y2 = face.box
         box = f"{x1:.0f},{y1:.0f} - {x2:.0f},{y2:.0f}"
         mask = f"{face.mask.label} {face.mask.probability:.2f}"
         expression = f"{face.expression.label} {face.expression.probability:.2f}"
-        lines.append(f"  {i:>2}  {box:<24}{mask:<16}{expression}")
+        lines.append(f"  {i:>2}  {box:<24}{mask:<16}{expression:<20}{answer_text(face)}")
     return "\n".join(lines)
 
 

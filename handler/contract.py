@@ -37,6 +37,44 @@ class CropSpec(BaseModel):
     rotate: bool = Field(True, description="level the eyes (undo in-plane roll)")
 
 
+class Grouping(BaseModel):
+    """Coarser answers for mask states where the seven classes are not reliable.
+
+    A group's probability is the sum of its members' calibrated probabilities; the face gets
+    the top group when its expression abstains and that sum reaches the group threshold of
+    its mask state (mixed over states like ``Calibration.abstain_threshold``). A threshold of
+    1.0 means the state never gets a group answer.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    groups: dict[str, tuple[str, ...]] = Field(
+        description="group name -> its expressions; the groups partition the seven labels"
+    )
+    threshold: dict[str, float] = Field(
+        description="per mask state: the least group probability answered (1.0 = never)"
+    )
+
+    @field_validator("groups")
+    @classmethod
+    def _partition(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        members = [label for group in v.values() for label in group]
+        if sorted(members) != sorted(EXPRESSION_LABELS):
+            raise ValueError(f"groups must partition {list(EXPRESSION_LABELS)}, got {v}")
+        if set(v) & {"uncertain"}:
+            raise ValueError("'uncertain' is not a group name")
+        return v
+
+    @field_validator("threshold")
+    @classmethod
+    def _states(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) != set(MASK_LABELS):
+            raise ValueError(f"needs exactly the keys {list(MASK_LABELS)}, got {sorted(v)}")
+        if any(not 0.0 <= t <= 1.0 for t in v.values()):
+            raise ValueError("thresholds are probabilities in [0, 1]")
+        return v
+
+
 class Calibration(BaseModel):
     """Per-mask-state temperatures and abstention thresholds (1.0 / 0.0 = identity)."""
 
@@ -50,6 +88,9 @@ class Calibration(BaseModel):
     )
     abstain_threshold: dict[str, float] = Field(
         default_factory=lambda: {"unmasked": 0.0, "masked": 0.0}
+    )
+    grouping: Grouping | None = Field(
+        None, description="grouped answers; None (models built before them): no group answer"
     )
 
     @field_validator("temperature", "abstain_threshold")

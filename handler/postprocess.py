@@ -7,13 +7,13 @@ instead of switching abruptly. Training's calibration fitting imports these func
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from handler.faces import Detection
-from handler.contract import Calibration
-from handler.schema import ExpressionResult, FaceResult, MaskResult
+from handler.contract import EXPRESSION_LABELS, MASK_LABELS, Calibration, Grouping
+from handler.schema import Answer, ExpressionResult, FaceResult, GroupResult, MaskResult
 
 UNCERTAIN = "uncertain"
 
@@ -29,7 +29,7 @@ def calibrated_probs(
     expr_logits: np.ndarray,
     mask_probs: np.ndarray,
     calibration: Calibration,
-    mask_labels: Sequence[str] = ("unmasked", "masked"),
+    mask_labels: Sequence[str] = MASK_LABELS,
 ) -> np.ndarray:
     """[N, 7] expression probabilities mixed over mask states by [N, S] mask probabilities."""
     out = np.zeros(np.shape(expr_logits), dtype=np.float64)
@@ -41,11 +41,50 @@ def calibrated_probs(
 def abstain_thresholds(
     mask_probs: np.ndarray,
     calibration: Calibration,
-    mask_labels: Sequence[str] = ("unmasked", "masked"),
+    mask_labels: Sequence[str] = MASK_LABELS,
 ) -> np.ndarray:
     """[N] abstention threshold per face, mixed over mask states like the probabilities."""
     thr = np.array([calibration.abstain_threshold[s] for s in mask_labels], dtype=np.float64)
     return np.asarray(mask_probs, dtype=np.float64) @ thr
+
+
+def group_probs(
+    expr_probs: np.ndarray,
+    groups: Mapping[str, Sequence[str]],
+    labels: Sequence[str] = EXPRESSION_LABELS,
+) -> np.ndarray:
+    """[N, G] probabilities of the groups (in ``groups`` order): sums of their members'."""
+    p = np.asarray(expr_probs, dtype=np.float64)
+    index = [[list(labels).index(m) for m in members] for members in groups.values()]
+    return np.stack([p[:, i].sum(axis=1) for i in index], axis=1)
+
+
+def group_thresholds(
+    mask_probs: np.ndarray, grouping: Grouping, mask_labels: Sequence[str] = MASK_LABELS
+) -> np.ndarray:
+    """[N] group threshold per face, mixed over mask states like the abstention threshold."""
+    thr = np.array([grouping.threshold[s] for s in mask_labels], dtype=np.float64)
+    return np.asarray(mask_probs, dtype=np.float64) @ thr
+
+
+def _group_result(probs: np.ndarray, names: Sequence[str], threshold: float) -> GroupResult:
+    g = int(probs.argmax())
+    top = float(probs[g])
+    return GroupResult(
+        label=names[g] if top >= threshold else UNCERTAIN,
+        probability=round(min(top, 1.0), 4),
+        probabilities={name: round(min(float(q), 1.0), 4) for name, q in zip(names, probs)},
+    )
+
+
+def answer(expression: ExpressionResult, group: GroupResult | None) -> Answer:
+    """The finest answer given: the expression, else the group, else 'uncertain'."""
+    if expression.label != UNCERTAIN:
+        return Answer(level="expression", label=expression.label,
+                      probability=expression.probability)
+    if group is not None and group.label != UNCERTAIN:
+        return Answer(level="group", label=group.label, probability=group.probability)
+    return Answer(level="uncertain", label=UNCERTAIN, probability=expression.probability)
 
 
 def face_results(
@@ -68,11 +107,24 @@ def face_results(
     mask_p = softmax(mask_logits)
     expr_p = calibrated_probs(expr_logits, mask_p, calibration, mask_labels)
     thresholds = abstain_thresholds(mask_p, calibration, mask_labels)
+    grouping = calibration.grouping
+    if grouping is not None:
+        group_p = group_probs(expr_p, grouping.groups, labels)
+        group_thr = group_thresholds(mask_p, grouping, mask_labels)
     results = []
     for i, det in enumerate(detections):
         m = int(mask_p[i].argmax())
         e = int(expr_p[i].argmax())
         top = float(expr_p[i, e])
+        expression = ExpressionResult(
+            label=labels[e] if top >= thresholds[i] else UNCERTAIN,
+            probability=round(top, 4),
+            probabilities={name: round(float(p), 4) for name, p in zip(labels, expr_p[i])},
+            calibrated=calibration.fitted_on is not None,
+        )
+        group = None
+        if grouping is not None:
+            group = _group_result(group_p[i], list(grouping.groups), float(group_thr[i]))
         results.append(
             FaceResult(
                 box=tuple(round(float(v), 1) for v in det.box),  # type: ignore[arg-type]
@@ -82,14 +134,9 @@ def face_results(
                     probability=round(float(mask_p[i, m]), 4),
                     state_reliable=bool(mask_p[i, m] >= reliable_probability),
                 ),
-                expression=ExpressionResult(
-                    label=labels[e] if top >= thresholds[i] else UNCERTAIN,
-                    probability=round(top, 4),
-                    probabilities={
-                        name: round(float(p), 4) for name, p in zip(labels, expr_p[i])
-                    },
-                    calibrated=calibration.fitted_on is not None,
-                ),
+                expression=expression,
+                group=group,
+                answer=answer(expression, group),
             )
         )
     return results

@@ -7,7 +7,7 @@ copy (a test keeps the two equal).
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
@@ -37,6 +37,32 @@ class ExpressionResult(_Strict):
     calibrated: bool = Field(description="probabilities went through per-mask-state calibration")
 
 
+class GroupResult(_Strict):
+    label: str = Field(
+        description="the most likely group of expressions (e.g. 'negative' = fear, disgust, "
+        "sadness, anger; the model's groups are listed in the README), or 'uncertain' when "
+        "its probability is below the group threshold of this mask state"
+    )
+    probability: Probability = Field(
+        description="calibrated probability of the most likely group: the sum of its "
+        "members' expression probabilities"
+    )
+    probabilities: dict[str, Probability] = Field(description="every group's probability")
+
+
+class Answer(_Strict):
+    """What to show for the face: the finest answer the model supports for it."""
+
+    level: Literal["expression", "group", "uncertain"] = Field(
+        description="'expression' when the seven-class answer passed its threshold, else "
+        "'group' when the grouped answer passed its own, else 'uncertain'"
+    )
+    label: str = Field(description="the expression, the group, or 'uncertain'")
+    probability: Probability = Field(
+        description="calibrated probability of label (of the top expression when uncertain)"
+    )
+
+
 class FaceResult(_Strict):
     box: tuple[float, float, float, float] = Field(
         description="[x1, y1, x2, y2] in pixels of the original (EXIF-rotated) image"
@@ -44,6 +70,10 @@ class FaceResult(_Strict):
     score: Probability = Field(description="face detector confidence (1.0 when detect=false)")
     mask: MaskResult
     expression: ExpressionResult
+    group: GroupResult | None = Field(
+        description="the grouped answer; null when the served model has no grouping"
+    )
+    answer: Answer
 
 
 class ImageInfo(_Strict):

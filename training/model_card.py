@@ -39,6 +39,7 @@ def card_figures(result: EvalResult) -> dict[str, Any]:
             "ece_uncalibrated": finite(m.ece),
             "ece_calibrated": finite(effect.ece_handler) if effect else None,
             "answered": finite(effect.coverage) if effect else None,
+            "answers": effect.answers.to_json() if effect and effect.answers else None,
             "predicted": dict(zip(EXPRESSION_LABELS, m.counts.sum(axis=0).tolist(),
                                   strict=True)),
         }
@@ -58,6 +59,30 @@ def data_summary(records: Sequence[FaceRecord], parts: Mapping[str, np.ndarray])
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci: Sequence[float]) -> str:
+    return f"{100 * ci[0]:.0f}-{100 * ci[1]:.0f}%"
+
+
+def _answer_table(fig: Mapping[str, Any]) -> list[str]:
+    """What the served model answers per mask state: seven classes, groups, precision."""
+    rows = [(v, fig[v]["answers"]) for v in VIEWS if fig[v].get("answers")]
+    if not rows:
+        return []
+    md = ["", "As served (calibrated, thresholds from the validation split): faces answered "
+          "with one of the seven classes or with a group, and how often that answer agrees "
+          "with the label (a group answer agrees when the label is one of its members).", "",
+          "| | answered: 7 classes | answered: group | answered in all (95% CI) | "
+          "precision of the answers (95% CI) |", "| --- | --- | --- | --- | --- |"]
+    for v, a in rows:
+        precision = "–" if a["precision"] is None else (
+            f"{a['expression_correct'] + a['group_correct']}/{a['answered']} = "
+            f"{_pct(a['precision'])} ({_ci(a['precision_ci95'])})")
+        md.append(f"| {v} faces | {a['expression']}/{a['n']} | {a['group']}/{a['n']} | "
+                  f"{a['answered']}/{a['n']} = {_pct(a['coverage'])} "
+                  f"({_ci(a['coverage_ci95'])}) | {precision} |")
+    return md
 
 
 def card_tables(card: Mapping[str, Any]) -> str:
@@ -87,6 +112,7 @@ def card_tables(card: Mapping[str, Any]) -> str:
         if teacher:
             md.append(f"| the teachers themselves on the masked face | "
                       f"{_pct(teacher['masked'])} | | | | | |")
+        md += _answer_table(fig)
         pairs = fig["confusable_under_mask"]
         if pairs:
             md += ["", "Not told apart under a mask (label -> masked answer, share of that "

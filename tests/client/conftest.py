@@ -19,14 +19,26 @@ from client.ui import in_background
 Reply = tuple[int, dict[str, Any] | list[Any]]
 
 
-def prediction(n_faces: int = 1, label: str = "happiness") -> dict[str, Any]:
+def prediction(n_faces: int = 1, label: str = "happiness", group: str | None = None
+               ) -> dict[str, Any]:
+    """A response whose faces answer ``label`` (or, when it is 'uncertain', ``group``)."""
     probs = {k: 0.0 for k in ("surprise", "fear", "disgust", "happiness", "sadness", "anger",
                               "neutral")}
     probs["happiness"] = 1.0
+    groups = {"positive": 1.0, "negative": 0.0, "surprised": 0.0, "neutral": 0.0}
+    if label != "uncertain":
+        answer = {"level": "expression", "label": label, "probability": 1.0}
+    elif group is not None:
+        answer = {"level": "group", "label": group, "probability": 1.0}
+    else:
+        answer = {"level": "uncertain", "label": "uncertain", "probability": 1.0}
     face = {"box": [20.0, 30.0, 60.0, 80.0], "score": 0.9,
             "mask": {"label": "unmasked", "probability": 0.97, "state_reliable": True},
             "expression": {"label": label, "probability": 1.0, "probabilities": probs,
-                           "calibrated": True}}
+                           "calibrated": True},
+            "group": {"label": group or "uncertain", "probability": 1.0,
+                      "probabilities": groups},
+            "answer": answer}
     return {"faces": [face] * n_faces, "image": {"width": 100, "height": 100},
             "model": {"name": "msde", "version": "1.0.0"}}
 

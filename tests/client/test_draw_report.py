@@ -19,9 +19,9 @@ from handler.schema import FaceExplanation, PredictionResponse
 from tests.client.conftest import prediction
 
 
-def _face(mask: str = "unmasked", label: str = "happiness", box=(40.0, 50.0, 140.0, 170.0)
-          ) -> dict:
-    face = prediction(label=label)["faces"][0]
+def _face(mask: str = "unmasked", label: str = "happiness", box=(40.0, 50.0, 140.0, 170.0),
+          group: str | None = None) -> dict:
+    face = prediction(label=label, group=group)["faces"][0]
     return {**face, "box": list(box), "mask": {**face["mask"], "label": mask}}
 
 
@@ -55,6 +55,12 @@ def test_labels_say_uncertain_and_masked() -> None:
     assert face_label(face) == "uncertain (happiness 100%), masked"
 
 
+def test_labels_give_the_grouped_answer_when_the_expression_abstains() -> None:
+    face = PredictionResponse.model_validate(
+        {**prediction(0), "faces": [_face("masked", "uncertain", group="positive")]}).faces[0]
+    assert face_label(face) == "positive 100% (group), masked"
+
+
 def test_heatmap_overlay_colours_only_its_box() -> None:
     heat = np.zeros((10, 10), np.uint8)
     heat[:5] = 255  # heat in the upper half
@@ -81,8 +87,8 @@ def test_images_are_drawn_upright_as_the_service_saw_them(tmp_path: Path) -> Non
 
 
 def _results() -> list[Result]:
-    ok = PredictionResponse.model_validate({**prediction(2), "faces": [_face(), _face(
-        "masked", "uncertain")]})
+    ok = PredictionResponse.model_validate({**prediction(3), "faces": [_face(), _face(
+        "masked", "uncertain"), _face("masked", "uncertain", group="negative")]})
     empty = PredictionResponse.model_validate(prediction(0))
     return [Result("a.jpg", ok), Result("b.jpg", empty),
             Result("c.jpg", error=RequestRefused("refused (400 undecodable_image): no", 400,
@@ -92,7 +98,8 @@ def _results() -> list[Result]:
 def test_table_and_json_lines() -> None:
     ok, empty, bad = _results()
     table = format_result(ok)
-    assert "a.jpg  100x100  2 faces" in table
+    assert "a.jpg  100x100  3 faces" in table
+    assert "negative 100% (group)" in table and "uncertain (happiness 100%)" in table
     assert "unmasked 0.97" in table and "masked 0.97" in table and "uncertain 1.00" in table
     assert "40,50 - 140,170" in table
     assert format_result(empty).endswith("0 faces")
@@ -105,11 +112,13 @@ def test_table_and_json_lines() -> None:
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
 def test_summary_has_a_row_per_face_and_per_failure(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"summary{suffix}"
-    assert write_summary(path, _results()) == 4
+    assert write_summary(path, _results()) == 5
     if suffix == ".csv":
         rows = list(csv.DictReader(path.open()))
     else:
         rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["file"] for r in rows] == ["a.jpg", "a.jpg", "b.jpg", "c.jpg"]
+    assert [r["file"] for r in rows] == ["a.jpg", "a.jpg", "a.jpg", "b.jpg", "c.jpg"]
     assert rows[1]["mask"] == "masked" and rows[1]["expression"] == "uncertain"
-    assert "undecodable_image" in rows[3]["error"]
+    assert rows[1]["answer_level"] == "uncertain"
+    assert rows[2]["answer"] == "negative" and rows[2]["answer_level"] == "group"
+    assert "undecodable_image" in rows[4]["error"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from handler.faces import Detection
-from handler.contract import Calibration, read_metadata
+from handler.contract import Calibration, Grouping, read_metadata
 from handler.pipeline import Pipeline, ServingConfig
 from handler.schema import json_schema
 from testkit.imaging import encode
@@ -117,6 +117,38 @@ def test_abstention_labels_uncertain(tiny_student_pt: Path) -> None:
     assert face["expression"]["label"] == "uncertain"
     assert face["expression"]["calibrated"] is True
     assert len(face["expression"]["probabilities"]) == 7
+
+
+def test_model_without_grouping_serves_its_expression_as_the_answer(
+    tiny_student_pt: Path,
+) -> None:
+    meta = read_metadata(tiny_student_pt)
+    assert meta.calibration.grouping is None  # as every archive built before grouping
+    pipe = Pipeline(torch.jit.load(str(tiny_student_pt)), meta, FixedDetector())
+    (outcome,) = pipe.run([{"body": _image()}])
+    face = outcome.body["faces"][0]
+    assert face["group"] is None
+    assert face["answer"]["level"] == "expression"
+    assert face["answer"]["label"] == face["expression"]["label"]
+    jsonschema.validate(outcome.body, SCHEMA)
+
+
+def test_grouped_answer_is_served_when_the_expression_abstains(tiny_student_pt: Path) -> None:
+    meta = read_metadata(tiny_student_pt)
+    grouping = Grouping(groups={"positive": ("happiness",), "other": (
+        "surprise", "fear", "disgust", "sadness", "anger", "neutral")},
+        threshold={"unmasked": 0.0, "masked": 0.0})
+    grouped = meta.model_copy(update={"calibration": Calibration(
+        fitted_on="test", abstain_threshold={"unmasked": 1.0, "masked": 1.0},
+        grouping=grouping)})
+    pipe = Pipeline(torch.jit.load(str(tiny_student_pt)), grouped, FixedDetector())
+    (outcome,) = pipe.run([{"body": _image()}])
+    face = outcome.body["faces"][0]
+    assert face["expression"]["label"] == "uncertain"
+    assert face["answer"]["level"] == "group"
+    assert face["answer"]["label"] == face["group"]["label"] in ("positive", "other")
+    assert sum(face["group"]["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    jsonschema.validate(outcome.body, SCHEMA)
 
 
 def test_published_schema_is_current() -> None:

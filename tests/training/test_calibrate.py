@@ -11,12 +11,16 @@ import pytest
 from handler.contract import Calibration
 from handler.postprocess import softmax
 from training.calibrate import (
+    ANSWER_GROUPS,
+    GROUP_PRECISION,
     NEVER_MET_THRESHOLD,
     confusable_pairs,
     ece,
     fit_calibration,
+    fit_group,
     fit_temperature,
     fit_threshold,
+    group_labels,
     main,
     nll,
 )
@@ -157,3 +161,46 @@ def test_cli_writes_calibration_json_from_saved_outputs(tmp_path) -> None:
     main([str(npz), "--target-precision", "0.7", "--out", str(out)])
     cal = Calibration.model_validate(json.loads(out.read_text()))
     assert cal.temperature["masked"] > cal.temperature["unmasked"]
+
+
+def _grouped_case(n: int, right: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A confident half naming the label (with chance ``right``, else a class of another
+    group) and an unsure half of happy faces spread thin (whose top group is wrong)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.choice(7, size=n)
+    labels[n // 2:] = 3
+    probs = np.full((n, 7), 1 / 7)
+    for i in range(n // 2):
+        guess = labels[i] if rng.random() < right else (6 if labels[i] != 6 else 3)
+        probs[i] = 0.02
+        probs[i, guess] = 0.88
+    return probs, labels
+
+
+def test_group_labels_follow_the_groups_and_keep_unlabelled() -> None:
+    y = group_labels(np.array([3, 1, 5, 0, 6, -1]), ANSWER_GROUPS)
+    assert y.tolist() == [0, 1, 1, 2, 3, -1]  # positive, negative x2, surprised, neutral
+
+
+def test_grouped_answer_is_kept_when_its_answers_beat_the_majority_group() -> None:
+    probs, labels = _grouped_case(200, right=0.95)
+    fit = fit_group(probs, labels)
+    assert 0.2 < fit.threshold < 1.0
+    assert fit.precision >= GROUP_PRECISION
+    assert fit.answered >= 80 and fit.answered < 200  # the spread-thin half is left out
+    assert "beats" in fit.reason
+
+
+def test_grouped_answer_is_withdrawn_when_it_does_not_beat_the_majority_group() -> None:
+    labels = np.full(40, 3)  # everybody happy: the majority group is always right
+    probs = np.full((40, 7), 0.02)
+    probs[:, 3] = 0.88
+    fit = fit_group(probs, labels)
+    assert fit.threshold == NEVER_MET_THRESHOLD
+    assert "does not beat" in fit.reason
+
+
+def test_grouped_answer_is_withdrawn_when_precision_is_never_reached() -> None:
+    probs, labels = _grouped_case(200, right=0.3)
+    fit = fit_group(probs, labels)
+    assert fit.threshold == NEVER_MET_THRESHOLD

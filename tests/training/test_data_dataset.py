@@ -17,7 +17,7 @@ from handler.contract import InputSpec
 from training.data import Augmentation, FaceRecord, PairedFaceDataset, generate_faces
 from training.data.dataset import augment_pair, flip_detection
 from training.data.detections import CANONICAL_KEYPOINTS
-from training.masks import render_mask
+from training.masks import MASK_STYLES, render_mask
 
 SPEC = InputSpec(input_size=(3, 64, 64), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 TEACHER = InputSpec(input_size=(1, 48, 48), mean=(0.0,), std=(1.0,))
@@ -217,3 +217,61 @@ def test_geometry_only_augmentation_leaves_the_pixels_alone(records: list[FaceRe
     image = records[0].pixels
     (same,), det = augment_pair([image], records[0].detection, np.random.default_rng(0), NO_AUG)
     assert np.array_equal(same, image) and det.box == pytest.approx(records[0].detection.box)
+
+
+def test_grey_photos_have_equal_channels(records: list[FaceRecord]) -> None:
+    grey = NO_AUG.model_copy(update={"grey_p": 1.0})
+    (out,), _ = augment_pair([records[0].pixels], records[0].detection,
+                             np.random.default_rng(0), grey)
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+    assert not np.array_equal(out, records[0].pixels)
+
+
+def test_blur_scales_with_the_face_and_smooths_it(records: list[FaceRecord]) -> None:
+    image = records[0].pixels
+    blur = NO_AUG.model_copy(update={"blur_p": 1.0, "blur_sigma": (0.03, 0.03)})
+    (out,), _ = augment_pair([image], records[0].detection, np.random.default_rng(0), blur)
+
+    def edges(x: np.ndarray) -> float:
+        return float(np.abs(np.diff(x.astype(np.float64), axis=1)).mean())
+
+    assert edges(out) < 0.8 * edges(image)
+    assert abs(out.astype(np.float64).mean() - image.mean()) < 2.0  # blur keeps the exposure
+
+
+def test_jpeg_reencoding_loses_detail_but_keeps_the_picture(records: list[FaceRecord]) -> None:
+    image = records[0].pixels
+    jpeg = NO_AUG.model_copy(update={"jpeg_p": 1.0, "jpeg_quality": (20, 20)})
+    (out,), _ = augment_pair([image], records[0].detection, np.random.default_rng(0), jpeg)
+    err = np.abs(out.astype(np.float64) - image)
+    assert out.dtype == np.uint8 and out.shape == image.shape
+    assert 0.5 < err.mean() < 15.0
+
+
+def test_photometric_augmentation_leaves_the_pair_equal_above_the_mask(
+    records: list[FaceRecord],
+) -> None:
+    camera = Augmentation(grey_p=0.5, blur_p=1.0, jpeg_p=1.0)
+    ds = PairedFaceDataset(records, SPEC, seed=2, augment=True, augmentation=camera)
+    rows = int(0.2 * 64)
+    for i in range(len(records)):
+        item = ds[i]
+        assert torch.equal(item["unmasked"][:, :rows], item["masked"][:, :rows])
+
+
+@pytest.mark.parametrize("bad", [{"jpeg_quality": (0, 50)}, {"jpeg_quality": (90, 30)},
+                                 {"blur_sigma": (0.0, 0.02)}, {"grey_p": 1.5}])
+def test_invalid_photometric_ranges_are_rejected(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        Augmentation(**bad)
+
+
+def test_a_face_shows_every_mask_style_over_as_many_epochs(records: list[FaceRecord]) -> None:
+    ds = PairedFaceDataset(records, SPEC, seed=5)
+    for i in range(len(records)):
+        assert sorted(ds.mask_style(i, e) for e in range(3, 3 + len(MASK_STYLES))) == sorted(
+            MASK_STYLES)
+    unaugmented = [ds.mask_style(i, 0) for i in range(len(records))]
+    assert len(set(unaugmented)) > 1  # faces start from different styles
+    only = PairedFaceDataset(records, SPEC, seed=5, mask_styles=("n95", "cloth"))
+    assert {only.mask_style(0, e) for e in range(4)} == {"n95", "cloth"}

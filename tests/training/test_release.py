@@ -53,6 +53,11 @@ def test_release_writes_archive_student_card_and_report(scaled_down_build: dict[
     assert meta.calibration == type(meta.calibration).model_validate(card["calibration"])
     assert meta.calibration.fitted_on and " val, target precision 0.6" in meta.calibration.fitted_on
     assert meta.trained_on.startswith(f"{data['train']['faces']} real unlabelled faces")
+    grouping = meta.calibration.grouping  # the grouped answer travels in the contract
+    assert grouping is not None and set(grouping.threshold) == {"unmasked", "masked"}
+    assert "negative" in grouping.groups and "masked groups: " in meta.calibration.fitted_on
+    answers = card["test"]["masked"]["answers"]
+    assert answers["n"] == 2 and answers["answered"] == answers["expression"] + answers["group"]
 
 
 def test_card_figures_are_the_evaluation_report_s(scaled_down_build: dict[str, Any]) -> None:

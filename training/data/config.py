@@ -25,12 +25,27 @@ class Augmentation(BaseModel):
     brightness: float = Field(0.12, ge=0.0, description="of full scale")
     contrast: tuple[float, float] = (0.8, 1.2)
     saturation: tuple[float, float] = (0.7, 1.3)
+    grey_p: float = Field(0.0, ge=0.0, le=1.0, description="chance of a grey photo")
+    blur_p: float = Field(0.0, ge=0.0, le=1.0, description="chance of a Gaussian blur")
+    blur_sigma: tuple[float, float] = Field(
+        (0.005, 0.02), description="blur sigma range, of the face box side (a focus or motion "
+        "blur the size of the face, whatever the photo's resolution)"
+    )
+    jpeg_p: float = Field(0.0, ge=0.0, le=1.0, description="chance of a JPEG re-encoding")
+    jpeg_quality: tuple[int, int] = Field((30, 90), description="JPEG quality range (1-100)")
 
-    @field_validator("scale", "contrast", "saturation")
+    @field_validator("scale", "contrast", "saturation", "blur_sigma")
     @classmethod
     def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not 0.0 < v[0] <= v[1]:
             raise ValueError(f"a range needs 0 < low <= high, got {v}")
+        return v
+
+    @field_validator("jpeg_quality")
+    @classmethod
+    def _quality(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1] <= 100:
+            raise ValueError(f"JPEG quality needs 1 <= low <= high <= 100, got {v}")
         return v
 
 

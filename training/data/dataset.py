@@ -73,13 +73,15 @@ def augment_pair(
     rng: np.random.Generator,
     aug: Augmentation,
 ) -> tuple[list[np.ndarray], Detection]:
-    """One random flip / rotation / scale / shift / colour change, applied to every image.
+    """One random flip / rotation / scale / shift / photometric change, applied to every image.
 
     Rotation, scale and shift move the face *relative to its crop*: warping image and
     keypoints together would be undone by ``face_input``, which levels the eyes and sizes
     the crop from the detection. With keypoints the inverse motion is applied to the
     detection (one interpolation, done by ``face_input``); a ready-made crop is warped.
-    Colour changes are per pixel, so pixels the mask does not cover stay equal in both.
+    Then what cameras and uploads do to a photo: colour (brightness, contrast, saturation,
+    grey), blur and JPEG re-encoding, each image alike, so away from the mask the two views
+    differ only where the blur or a JPEG block reaches across the mask's edge.
     """
     flip = rng.random() < aug.flip_p
     degrees = rng.uniform(-aug.max_rotate_deg, aug.max_rotate_deg)
@@ -88,6 +90,12 @@ def augment_pair(
     brightness = rng.uniform(-aug.brightness, aug.brightness) * 255.0
     contrast = rng.uniform(*aug.contrast)
     saturation = rng.uniform(*aug.saturation)
+    # drawn after the geometry and colour, so configs without them keep their streams
+    if rng.random() < aug.grey_p:
+        saturation = 0.0
+    blur = rng.uniform(*aug.blur_sigma) if rng.random() < aug.blur_p else 0.0
+    quality = int(rng.integers(aug.jpeg_quality[0], aug.jpeg_quality[1] + 1))
+    jpeg = rng.random() < aug.jpeg_p
 
     h, w = images[0].shape[:2]
     out = [np.ascontiguousarray(im[:, ::-1]) if flip else im for im in images]
@@ -106,7 +114,26 @@ def augment_pair(
             np.array([(x1 + x2) / 2, (y1 + y2) / 2]), degrees, scale, shift * side
         )
         detection = _move_detection(detection, cv2.invertAffineTransform(m))
-    return [_colour(im, brightness, contrast, saturation) for im in out], detection
+    x1, y1, x2, y2 = detection.box
+    sigma = blur * max(x2 - x1, y2 - y1)
+    out = [_colour(im, brightness, contrast, saturation) for im in out]
+    out = [gaussian_blur(im, sigma) for im in out]
+    return [jpeg_roundtrip(im, quality) for im in out] if jpeg else out, detection
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of standard deviation ``sigma`` pixels (under 0.3 px: the image)."""
+    if sigma < 0.3:
+        return image
+    return cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REPLICATE)
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image`` (RGB uint8) as a JPEG of ``quality`` decodes: blocks, ringing, chroma loss."""
+    ok, data = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError(f"JPEG encoding failed for an image of shape {image.shape}")
+    return np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1])
 
 
 def _colour(image: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
@@ -206,11 +233,17 @@ class PairedFaceDataset(Dataset[dict[str, torch.Tensor]]):
             if masked.shape != image.shape:  # keep the pair pixel-aligned
                 masked = cv2.resize(masked, image.shape[1::-1], interpolation=cv2.INTER_AREA)
             return masked
-        rng = np.random.default_rng([self.seed, index, epoch, 0])
-        style = None
-        if self.mask_styles is not None:
-            style = self.mask_styles[int(rng.integers(len(self.mask_styles)))]
-        return render_mask(image, mask_keypoints(detection), rng=rng, style=style).image
+        return render_mask(image, mask_keypoints(detection),
+                           rng=np.random.default_rng([self.seed, index, epoch, 0]),
+                           style=self.mask_style(index, epoch)).image
+
+    def mask_style(self, index: int, epoch: int) -> str:
+        """The styles take turns epoch by epoch, from an offset drawn per face, so any
+        ``len(styles)`` consecutive epochs (or banked views) show a face in every style and
+        an unaugmented split is spread evenly over them."""
+        styles = self.mask_styles or MASK_STYLES
+        offset = int(np.random.default_rng([self.seed, index]).integers(len(styles)))
+        return styles[(offset + epoch) % len(styles)]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return self.item(index, self.epoch)

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
 from handler.contract import EXPRESSION_LABELS, MASK_LABELS
 from handler.postprocess import softmax
-from training.calibrate import ece
+from training.calibrate import ece, wilson_interval
 
 NUM_CLASSES = len(EXPRESSION_LABELS)
 VIEWS: tuple[str, ...] = MASK_LABELS  # the two images of a pair, named by their mask state
@@ -93,14 +92,6 @@ def macro_f1(labels: np.ndarray, preds: np.ndarray) -> float:
     if not len(y):
         return float("nan")
     return float(f1_score(y, p, labels=np.unique(y), average="macro", zero_division=0.0))
-
-
-def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of the proportion k/n ((0, 1) when n is 0)."""
-    if n == 0:
-        return (0.0, 1.0)
-    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
-    return (float(ci.low), float(ci.high))
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,9 +21,25 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from handler.contract import MASK_LABELS, Calibration, InputSpec, read_metadata
-from handler.postprocess import abstain_thresholds, calibrated_probs, softmax
-from training.calibrate import StateCalibration, ece, fit_states, to_calibration
+from handler.contract import MASK_LABELS, Calibration, Grouping, InputSpec, read_metadata
+from handler.postprocess import (
+    abstain_thresholds,
+    calibrated_probs,
+    group_probs,
+    group_thresholds,
+    softmax,
+)
+from training.calibrate import (
+    ANSWER_GROUPS,
+    GroupFit,
+    StateCalibration,
+    ece,
+    fit_group,
+    fit_states,
+    group_labels,
+    to_calibration,
+    wilson_interval,
+)
 from training.config import TrainConfig
 from training.data import (
     DataConfig,
@@ -62,6 +79,61 @@ class CalibrationEffect:
     ece_handler: float
     coverage: float
     precision: float
+    answers: Answers | None = None  # the seven-class and grouped answers together
+
+
+@dataclass(frozen=True)
+class Answers:
+    """What the handler answers on a split's faces of one view (labelled faces only):
+    ``expression`` faces get one of the seven classes, ``group`` faces a group (their
+    expression abstained), the rest "uncertain"; ``*_correct`` count agreement with the
+    label (a group answer is right when the label is one of its members)."""
+
+    n: int
+    expression: int
+    expression_correct: int
+    group: int
+    group_correct: int
+
+    @property
+    def answered(self) -> int:
+        return self.expression + self.group
+
+    @property
+    def correct(self) -> int:
+        return self.expression_correct + self.group_correct
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, "expression": self.expression,
+                "expression_correct": self.expression_correct, "group": self.group,
+                "group_correct": self.group_correct, "answered": self.answered,
+                "coverage": self.answered / self.n if self.n else None,
+                "coverage_ci95": wilson_interval(self.answered, self.n),
+                "precision": self.correct / self.answered if self.answered else None,
+                "precision_ci95": wilson_interval(self.correct, self.answered)}
+
+
+def handler_answers(
+    out: ViewOutputs, labels: np.ndarray, calibration: Calibration
+) -> Answers:
+    """The handler's answers (``handler.postprocess``: mixing, thresholds, groups) on one view."""
+    mask_p = softmax(out.mask_logits)
+    mixed = calibrated_probs(out.expr_logits, mask_p, calibration, MASK_LABELS)
+    known = np.asarray(labels) >= 0
+    y = np.asarray(labels)[known]
+    mixed, mask_p = mixed[known], mask_p[known]
+    expressed = mixed.max(axis=1) >= abstain_thresholds(mask_p, calibration, MASK_LABELS)
+    expression_right = expressed & (mixed.argmax(axis=1) == y)
+    grouped = np.zeros(len(y), dtype=bool)
+    group_right = grouped
+    grouping = calibration.grouping
+    if grouping is not None:
+        gp = group_probs(mixed, grouping.groups)
+        grouped = ~expressed & (gp.max(axis=1) >= group_thresholds(mask_p, grouping,
+                                                                     MASK_LABELS))
+        group_right = grouped & (gp.argmax(axis=1) == group_labels(y, grouping.groups))
+    return Answers(int(len(y)), int(expressed.sum()), int(expression_right.sum()),
+                   int(grouped.sum()), int(group_right.sum()))
 
 
 @dataclass
@@ -119,6 +191,7 @@ def calibration_effect(
             precision=float(right[known & answered].mean())
             if (known & answered).any()
             else math.nan,
+            answers=handler_answers(out, result.labels, calibration),
         )
     return effect
 
@@ -151,16 +224,40 @@ def abstain_unless_better_than_majority(
     })
 
 
+def fit_grouping(
+    validation: EvalResult, fits: Mapping[str, StateCalibration],
+    groups: Mapping[str, Sequence[str]] = ANSWER_GROUPS,
+) -> tuple[Grouping, dict[str, GroupFit]]:
+    """Per mask state, the grouped answer's selective threshold (``fit_group``) on the
+    validation faces of that state, calibrated with that state's temperature."""
+    group_fits = {
+        v: fit_group(softmax(validation.views[v].expr_logits, fits[v].temperature),
+                     validation.labels, groups)
+        for v in VIEWS
+    }
+    for v, g in group_fits.items():
+        LOG.info("%s grouped answer: threshold %.3f (%s)", v, g.threshold, g.reason)
+    return Grouping(groups={k: tuple(m) for k, m in groups.items()},
+                    threshold={v: g.threshold for v, g in group_fits.items()}), group_fits
+
+
 def calibrate_result(
     result: EvalResult, validation: EvalResult, target_precision: float = 0.8
 ) -> Calibration:
-    """Fit on ``validation``'s outputs (``abstain_unless_better_than_majority`` included),
-    record the effect on ``result`` (and on ``validation``); returns the calibration."""
+    """Fit on ``validation``'s outputs (``abstain_unless_better_than_majority`` included,
+    grouped answers from ``fit_grouping``), record the effect on ``result`` (and on
+    ``validation``); returns the calibration."""
     fits = fit_states(validation.logits_by_state(), validation.labels_by_state(), target_precision)
+    grouping, group_fits = fit_grouping(validation, fits)
     calibration = abstain_unless_better_than_majority(
         to_calibration(fits, f"{validation.name}, target precision {target_precision:g}"),
         validation,
     )
+    calibration = calibration.model_copy(update={
+        "grouping": grouping,
+        "fitted_on": "; ".join([calibration.fitted_on or "", *(
+            f"{v} groups: {g.reason}" for v, g in group_fits.items())]),
+    })
     for r in (result, validation):  # on validation: the fit's own (in-sample) effect
         r.calibration = calibration
         r.calibration_effect = calibration_effect(r, fits, calibration)
