@@ -53,7 +53,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from training.assets import REPO_ROOT
-from training.config import TrainConfig
+from training.config import TrainConfig, read_yaml_mapping
 from training.data import DataConfig, FaceRecord, PairedFaceDataset, load_records
 from training.data.splits import split_records
 from training.evaluate.metrics import STATES, mean_std
@@ -743,12 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_benchmark_config(args: dict[str, Any]) -> BenchmarkConfig:
     """YAML file (if any) updated by the flags given; flag values are YAML scalars."""
-    raw: dict[str, Any] = {}
-    config = args.pop("config", None)
-    if config is not None:
-        raw = yaml.safe_load(Path(config).read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{config} must hold a mapping")
+    raw = read_yaml_mapping(args.pop("config", None))
     for dest, text in args.items():
         if dest == "methods":
             value: Any = [m.strip() for m in text.split(",") if m.strip()]

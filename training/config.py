@@ -243,16 +243,20 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     tree[leaf] = value
 
 
+def read_yaml_mapping(path: str | Path | None) -> dict[str, Any]:
+    """A config file's top-level mapping ({} without a file or for an empty one)."""
+    if path is None:
+        return {}
+    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path} must hold a mapping")
+    return loaded
+
+
 def load_config(args: argparse.Namespace) -> TrainConfig:
     """YAML file (if any) updated by the flags that were given, then validated."""
     values = dict(vars(args))
-    raw: dict[str, Any] = {}
-    config_path = values.pop("config", None)
-    if config_path is not None:
-        loaded = yaml.safe_load(Path(config_path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{config_path} must hold a mapping")
-        raw = loaded
+    raw = read_yaml_mapping(values.pop("config", None))
     # ``--data-*`` flags without a YAML ``data:`` section refine the default data set
     if any(d.startswith("data.") for d in values) and "data" not in raw:
         raw["data"] = {"layout": "synthetic"}
