@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from handler.faces import Detection
-from handler.contract import EXPRESSION_LABELS, MASK_LABELS, Calibration, Grouping
+from handler.contract import EXPRESSION_LABELS, MASK_LABELS, Calibration
 from handler.schema import Answer, ExpressionResult, FaceResult, GroupResult, MaskResult
 
 UNCERTAIN = "uncertain"
@@ -38,13 +38,14 @@ def calibrated_probs(
     return out
 
 
-def abstain_thresholds(
+def mixed_thresholds(
     mask_probs: np.ndarray,
-    calibration: Calibration,
+    per_state: Mapping[str, float],
     mask_labels: Sequence[str] = MASK_LABELS,
 ) -> np.ndarray:
-    """[N] abstention threshold per face, mixed over mask states like the probabilities."""
-    thr = np.array([calibration.abstain_threshold[s] for s in mask_labels], dtype=np.float64)
+    """[N] threshold per face, mixed over mask states like the probabilities: the
+    expression's (``Calibration.abstain_threshold``) and the group's (``Grouping.threshold``)."""
+    thr = np.array([per_state[s] for s in mask_labels], dtype=np.float64)
     return np.asarray(mask_probs, dtype=np.float64) @ thr
 
 
@@ -57,14 +58,6 @@ def group_probs(
     p = np.asarray(expr_probs, dtype=np.float64)
     index = [[list(labels).index(m) for m in members] for members in groups.values()]
     return np.stack([p[:, i].sum(axis=1) for i in index], axis=1)
-
-
-def group_thresholds(
-    mask_probs: np.ndarray, grouping: Grouping, mask_labels: Sequence[str] = MASK_LABELS
-) -> np.ndarray:
-    """[N] group threshold per face, mixed over mask states like the abstention threshold."""
-    thr = np.array([grouping.threshold[s] for s in mask_labels], dtype=np.float64)
-    return np.asarray(mask_probs, dtype=np.float64) @ thr
 
 
 def _group_result(probs: np.ndarray, names: Sequence[str], threshold: float) -> GroupResult:
@@ -106,11 +99,11 @@ def face_results(
         raise FloatingPointError("the model produced non-finite logits")
     mask_p = softmax(mask_logits)
     expr_p = calibrated_probs(expr_logits, mask_p, calibration, mask_labels)
-    thresholds = abstain_thresholds(mask_p, calibration, mask_labels)
+    thresholds = mixed_thresholds(mask_p, calibration.abstain_threshold, mask_labels)
     grouping = calibration.grouping
     if grouping is not None:
         group_p = group_probs(expr_p, grouping.groups, labels)
-        group_thr = group_thresholds(mask_p, grouping, mask_labels)
+        group_thr = mixed_thresholds(mask_p, grouping.threshold, mask_labels)
     results = []
     for i, det in enumerate(detections):
         m = int(mask_p[i].argmax())

@@ -23,10 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from handler.contract import MASK_LABELS, Calibration, Grouping, InputSpec, read_metadata
 from handler.postprocess import (
-    abstain_thresholds,
     calibrated_probs,
     group_probs,
-    group_thresholds,
+    mixed_thresholds,
     softmax,
 )
 from training.calibrate import (
@@ -122,15 +121,15 @@ def handler_answers(
     known = np.asarray(labels) >= 0
     y = np.asarray(labels)[known]
     mixed, mask_p = mixed[known], mask_p[known]
-    expressed = mixed.max(axis=1) >= abstain_thresholds(mask_p, calibration, MASK_LABELS)
+    expressed = mixed.max(axis=1) >= mixed_thresholds(mask_p, calibration.abstain_threshold)
     expression_right = expressed & (mixed.argmax(axis=1) == y)
     grouped = np.zeros(len(y), dtype=bool)
     group_right = grouped
     grouping = calibration.grouping
     if grouping is not None:
         gp = group_probs(mixed, grouping.groups)
-        grouped = ~expressed & (gp.max(axis=1) >= group_thresholds(mask_p, grouping,
-                                                                     MASK_LABELS))
+        group_thr = mixed_thresholds(mask_p, grouping.threshold)
+        grouped = ~expressed & (gp.max(axis=1) >= group_thr)
         group_right = grouped & (gp.argmax(axis=1) == group_labels(y, grouping.groups))
     return Answers(int(len(y)), int(expressed.sum()), int(expression_right.sum()),
                    int(grouped.sum()), int(group_right.sum()))
@@ -178,7 +177,7 @@ def calibration_effect(
         out = result.views[v]
         mask_p = softmax(out.mask_logits)
         mixed = calibrated_probs(out.expr_logits, mask_p, calibration, MASK_LABELS)
-        answered = mixed.max(axis=1) >= abstain_thresholds(mask_p, calibration, MASK_LABELS)
+        answered = mixed.max(axis=1) >= mixed_thresholds(mask_p, calibration.abstain_threshold)
         known = result.labels >= 0
         right = mixed.argmax(axis=1) == result.labels
         effect[v] = CalibrationEffect(
